@@ -1,0 +1,87 @@
+"""Scoring a (pruned) model: adaptive-BN recalibration, then top-1/top-5 on a split.
+
+Pruning shifts every downstream activation distribution, so the BN running statistics of the
+base model are wrong for the pruned one (pruned ResNet-20s score ~20% without recalibration,
+~85% with). EagleEye's remedy: reset the statistics, forward a fixed set of training batches in
+train mode without gradients, using a cumulative average (momentum=None), then evaluate.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from autoprune.data import TensorSplit, batches
+
+EVAL_BATCH = 500
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def calibration_batches(train: Dataset, n_batches: int, batch_size: int, seed: int = 0) -> list[torch.Tensor]:
+    """A fixed set of training images for BN recalibration: the same for every candidate."""
+    if isinstance(train, TensorSplit):
+        n = min(len(train), n_batches * batch_size)
+        idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+        images = train.images[idx]
+        return list(images.split(batch_size))
+    out = []
+    for x, _ in batches(train, batch_size, shuffle=True, seed=seed):
+        out.append(x)
+        if len(out) == n_batches:
+            break
+    return out
+
+
+@torch.inference_mode()
+def recalibrate_bn(model: nn.Module, calib: list[torch.Tensor], device: torch.device) -> None:
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns or not calib:
+        return
+    saved = [(m, m.momentum) for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average over all calibration batches
+    was_training = model.training
+    model.train()
+    for x in calib:
+        model(x.to(device))
+    for m, momentum in saved:
+        m.momentum = momentum
+    model.train(was_training)
+
+
+@torch.inference_mode()
+def accuracy(model: nn.Module, split: Dataset, device: torch.device, batch_size: int = EVAL_BATCH) -> dict:
+    """Top-1 (and top-5 where there are more than 5 classes) in [0, 1]."""
+    model.eval()
+    correct1 = correct5 = total = 0
+    for x, y in batches(split, batch_size):
+        logits = model(x.to(device))
+        y = y.to(device)
+        k = min(5, logits.shape[1])
+        top = logits.topk(k, dim=1).indices
+        correct1 += (top[:, 0] == y).sum().item()
+        correct5 += (top == y[:, None]).any(dim=1).sum().item()
+        total += len(y)
+    out = {"top1": correct1 / max(total, 1)}
+    if logits.shape[1] > 5:
+        out["top5"] = correct5 / max(total, 1)
+    return out
+
+
+class Evaluator:
+    """Adaptive BN on fixed calibration batches, then accuracy on the held-out split."""
+
+    def __init__(self, train: Dataset, heldout: Dataset, device: torch.device, *, calib_batches: int = 20,
+                 calib_batch_size: int = 64, seed: int = 0) -> None:
+        self.heldout, self.device = heldout, device
+        self.calib = calibration_batches(train, calib_batches, calib_batch_size, seed)
+
+    def __call__(self, model: nn.Module, split: Dataset | None = None, recalibrate: bool = True) -> dict:
+        model.to(self.device)
+        if recalibrate:
+            recalibrate_bn(model, self.calib, self.device)
+        return accuracy(model, self.heldout if split is None else split, self.device)

@@ -1,0 +1,88 @@
+"""Training and fine-tuning: SGD with Nesterov momentum under a one-cycle or cosine schedule.
+
+`autoprune train` produces the shipped zoo weights with this code; `autoprune finetune` reuses it
+on a pruned model. Only the training split is used (the held-out split stays unseen).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from autoprune.data import DataBundle, TensorSplit, batches
+from autoprune.evaluate import accuracy
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 12
+    batch_size: int = 128
+    lr: float = 0.1  # peak LR (one-cycle) or starting LR (cosine)
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "onecycle"  # or "cosine"
+    label_smoothing: float = 0.0
+    seed: int = 0
+
+
+def augment(x: torch.Tensor, gen: torch.Generator, pad: int) -> torch.Tensor:
+    """Random crop with zero padding plus horizontal flip, on a whole batch of tensors at once."""
+    n, _, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dx, dy = (torch.randint(0, 2 * pad + 1, (2,), generator=gen)).tolist()
+    out = padded[:, :, dy:dy + h, dx:dx + w]
+    flip = torch.rand(n, generator=gen) < 0.5
+    return torch.where(flip.view(-1, 1, 1, 1), out.flip(3), out)
+
+
+def train(model: nn.Module, data: DataBundle, cfg: TrainConfig, device: torch.device,
+          on_epoch: Callable[[int, dict], None] | None = None) -> list[dict]:
+    """Train in place; returns per-epoch history with loss, held-out accuracy and seconds."""
+    torch.manual_seed(cfg.seed)
+    # channels_last is ~25% faster for these convs on CPU (measured on ResNet-20/56, 2 cores).
+    model.to(device, memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=True,
+                          weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(len(data.train) / cfg.batch_size) - 1  # drop_last
+    total = max(1, steps_per_epoch * cfg.epochs)
+    if cfg.schedule == "onecycle":
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.25)
+    else:
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    pad = max(1, data.input_size[0] // 14)
+    history = []
+    for epoch in range(cfg.epochs):
+        model.train()
+        start, loss_sum, n = time.perf_counter(), 0.0, 0
+        for x, y in batches(data.train, cfg.batch_size, shuffle=True, seed=cfg.seed * 1000 + epoch,
+                            drop_last=True):
+            if data.augment and isinstance(data.train, TensorSplit):
+                x = augment(x, gen, pad)
+            x = x.to(device, non_blocking=True, memory_format=torch.channels_last)
+            y = y.to(device, non_blocking=True)
+            loss = F.cross_entropy(model(x), y, label_smoothing=cfg.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if sched.last_epoch < total:
+                sched.step()
+            loss_sum += loss.item() * len(y)
+            n += len(y)
+        row = {"epoch": epoch + 1, "loss": loss_sum / max(n, 1),
+               "heldout_accuracy": accuracy(model, data.heldout, device)["top1"],
+               "seconds": time.perf_counter() - start}
+        log.info("epoch %d: %s", epoch + 1, row)
+        history.append(row)
+        if on_epoch:
+            on_epoch(epoch, row)
+    model.to(memory_format=torch.contiguous_format)
+    return history

@@ -1,0 +1,45 @@
+"""End-to-end jobs behind the CLI commands (train, search, apply, finetune, evaluate).
+
+Each takes plain values / config objects, so scripts and notebooks get the same behaviour as the CLI.
+"""
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from autoprune.data import load_data
+from autoprune.device import resolve_device
+from autoprune.evaluate import accuracy
+from autoprune.train import TrainConfig, train
+from autoprune.zoo import build_model
+from autoprune.zoo.cards import save_weights
+
+
+def train_model(model_name: str, data_spec: str, cfg: TrainConfig, out: Path, *, heldout_size: int = 5000,
+                device: str = "auto", on_epoch: Callable[[int, dict], None] | None = None) -> dict:
+    dev = resolve_device(device)
+    data = load_data(data_spec, heldout_size=heldout_size)
+    bundle = build_model(model_name, num_classes=data.num_classes, in_channels=data.in_channels,
+                         dataset=data.name, weights="random")
+    data = data.with_channels(bundle.in_channels)
+    start = time.perf_counter()
+    history = train(bundle.model, data, cfg, dev, on_epoch)
+    card = {
+        "model": model_name, "dataset": data.name,
+        "recipe": f"`autoprune train {model_name} --data {data_spec} --epochs {cfg.epochs} --lr {cfg.lr} "
+                  f"--batch-size {cfg.batch_size} --weight-decay {cfg.weight_decay} --seed {cfg.seed} "
+                  f"--heldout {heldout_size}`: SGD Nesterov 0.9, one-cycle LR, random crop + flip",
+        "seed": cfg.seed, "epochs": cfg.epochs,
+        "train_images": len(data.train), "heldout_images": len(data.heldout),
+        "heldout_accuracy": accuracy(bundle.model, data.heldout, dev)["top1"],
+        "test_accuracy": accuracy(bundle.model, data.test, dev)["top1"],
+        "train_seconds": round(time.perf_counter() - start),
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "history": history,
+    }
+    save_weights(bundle.model, out, card)
+    return card
