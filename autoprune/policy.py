@@ -1,0 +1,109 @@
+"""Policies (group -> prune ratio), their versioned JSON form, and physical application.
+
+`apply_policy` returns a pruned *copy* built with Torch-Pruning: for every group it scores the
+channels with the chosen importance criterion on the unpruned model, then removes the lowest
+scored channels of all groups, so the result does not depend on the order groups are visited.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from autoprune.errors import UserError
+from autoprune.graph import PruningGraph, _dependency_graph
+
+POLICY_FORMAT = "autoprune.policy"
+POLICY_VERSION = 1
+
+
+def _importance(name: str, seed: int) -> tp.importance.Importance:
+    if name == "random":
+        torch.manual_seed(seed)  # RandomImportance draws from torch's global generator
+    table = {
+        "l1": lambda: tp.importance.GroupMagnitudeImportance(p=1),
+        "l2": lambda: tp.importance.GroupMagnitudeImportance(p=2),
+        "bn-scale": lambda: tp.importance.BNScaleImportance(),
+        "lamp": lambda: tp.importance.LAMPImportance(p=2),
+        "fpgm": lambda: tp.importance.FPGMImportance(p=2),
+        "random": lambda: tp.importance.RandomImportance(),
+    }
+    if name not in table:
+        raise UserError(f"unknown importance criterion '{name}': one of {', '.join(table)}")
+    return table[name]()
+
+
+CRITERIA = ("l1", "l2", "bn-scale", "lamp", "fpgm", "random")
+
+
+@dataclass
+class Policy:
+    """Prune ratio per group name (effective: 1 - kept/channels)."""
+
+    ratios: dict[str, float]
+    meta: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_vector(cls, graph: PruningGraph, ratios: np.ndarray) -> Policy:
+        return cls({g.name: round(float(r), 6) for g, r in zip(graph.groups, ratios)})
+
+    def vector(self, graph: PruningGraph) -> np.ndarray:
+        unknown = set(self.ratios) - set(graph.group_names())
+        if unknown:
+            raise UserError(f"policy names group '{sorted(unknown)[0]}' that this model does not have")
+        return np.array([self.ratios.get(g.name, 0.0) for g in graph.groups], dtype=np.float64)
+
+    def key(self) -> str:
+        """Stable identity for caching and the study: the rounded ratios, hashed."""
+        text = json.dumps({k: round(v, 6) for k, v in sorted(self.ratios.items())})
+        return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+    def to_dict(self) -> dict:
+        return {"format": POLICY_FORMAT, "version": POLICY_VERSION, **self.meta, "ratios": self.ratios}
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> Policy:
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise UserError(f"cannot read policy {path}: {exc}") from None
+        if not isinstance(data, dict) or data.get("format") != POLICY_FORMAT or not isinstance(data.get("ratios"), dict):
+            raise UserError(f"{path} is not an autoprune policy file")
+        if data.get("version", 0) > POLICY_VERSION:
+            raise UserError(f"{path} has policy format version {data['version']}; this autoprune reads {POLICY_VERSION}")
+        ratios = {str(k): float(v) for k, v in data.pop("ratios").items()}
+        return cls(ratios, data)
+
+
+def apply_policy(model: nn.Module, graph: PruningGraph, kept: np.ndarray, *, criterion: str = "l1",
+                 seed: int = 0) -> nn.Module:
+    """A physically pruned copy of `model` keeping `kept[g]` channels of every group g."""
+    pruned = copy.deepcopy(model).cpu().eval()
+    modules = dict(pruned.named_modules())
+    example = torch.randn(1, *graph.input_shape)
+    dg = _dependency_graph(pruned, example)
+    imp = _importance(criterion, seed)
+    plans = []
+    for g in graph.groups:
+        n_remove = g.channels - int(kept[g.index])
+        if n_remove <= 0:
+            continue
+        root = modules[g.name]
+        fn = dg.get_pruner_of_module(root).prune_out_channels
+        group = dg.get_pruning_group(root, fn, idxs=list(range(g.channels)))
+        scores = imp(group)
+        order = torch.argsort(scores, stable=True) if scores is not None else torch.arange(g.channels)
+        plans.append((root, fn, order[:n_remove].tolist()))
+    for root, fn, idxs in plans:
+        dg.get_pruning_group(root, fn, idxs=idxs).prune()
+    return pruned
