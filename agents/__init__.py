@@ -1,0 +1,41 @@
+"""Searchers, registered by name. Heavy optional imports happen in `build`, not at import time.
+
+A searcher proposes ratio vectors and asks `problem.evaluate` about them, at most `n_evals`
+times; the problem keeps the results, the best and the study. Same seed, same proposals: that
+is what makes `--resume` (replay from the seed, evaluations from the study) work for every one.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Protocol
+
+from autoprune.errors import UserError
+
+
+class Searcher(Protocol):
+    name: str
+
+    def search(self, problem, n_evals: int, *, seed: int) -> None: ...
+
+
+# name -> (module, class, one-line description)
+REGISTRY: dict[str, tuple[str, str, str]] = {
+    "random": ("autoprune.agents.baselines", "RandomSearch",
+               "EagleEye: random per-group ratios projected onto the budget; best held-out accuracy wins"),
+    "uniform": ("autoprune.agents.baselines", "UniformSearch",
+                "one ratio for every group, bisected to the budget"),
+    "global": ("autoprune.agents.baselines", "GlobalSearch",
+               "Torch-Pruning's global magnitude ranking, bisected to the budget"),
+}
+DEFAULT_AGENT = "random"
+
+
+def names() -> list[str]:
+    return list(REGISTRY)
+
+
+def build(name: str, **kwargs) -> Searcher:
+    if name not in REGISTRY:
+        raise UserError(f"unknown agent '{name}': one of {', '.join(REGISTRY)}")
+    module, cls, _ = REGISTRY[name]
+    return getattr(importlib.import_module(module), cls)(**kwargs)

@@ -62,6 +62,159 @@ def train(
     console.print(f"test accuracy {card['test_accuracy']:.4f}; wrote {out} and its model card")
 
 
+
+BudgetOpt = Annotated[list[str], typer.Option(
+    "--budget", help="Budget, repeatable (all must hold): 50%FLOPs, 2.1GFLOPs, 600MFLOPs, 60%params, 1.5Mparams. "
+    "FLOPs are multiply-accumulates, as Torch-Pruning counts them.")]
+
+
+@app.command()
+def search(
+    model: Annotated[str, typer.Argument(help="Model name (see `autoprune models`) or package.module:factory.")],
+    budget: BudgetOpt = [],  # noqa: B006 - typer needs a list default
+    data: DataOpt = "fashion-mnist",
+    weights: WeightsOpt = None,
+    agent: Annotated[str, typer.Option(help="Searcher: random (EagleEye, default), uniform, global; "
+                                       "see `autoprune agents`.")] = "random",
+    evals: Annotated[int | None, typer.Option(help="Evaluations (candidates scored). Default: the agent's "
+                                              "(random 60, uniform/global 1).")] = None,
+    seed: SeedOpt = 0,
+    out: Annotated[Path | None, typer.Option(help="Run folder (must be new unless --resume). "
+                                             "Default runs/MODEL-AGENT-sSEED-TIME.")] = None,
+    storage: Annotated[str | None, typer.Option(help="Optuna storage URL for the results (e.g. "
+                                                "postgresql://...). Default: sqlite file OUT/study.db.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out: stored evaluations are reused.")] = False,
+    device: DeviceOpt = "auto",
+    space: Annotated[str, typer.Option(help="channel (structured, physically removed) or unstructured "
+                                       "(per-layer weight sparsity).")] = "channel",
+    max_ratio: Annotated[float, typer.Option(help="Largest prune ratio of any one group.")] = 0.8,
+    round_to: Annotated[int | None, typer.Option(help="Round kept channels to a multiple of this. Default auto: "
+                                                 "per group the largest of 8/4/2/1 leaving >= 32 choices.")] = None,
+    criterion: Annotated[str, typer.Option(help="Which channels go: l1, l2, bn-scale, lamp, fpgm, random.")] = "l1",
+    heldout: HeldoutOpt = 5000,
+    calib_batches: Annotated[int, typer.Option(help="Training batches (64 images) for BN recalibration.")] = 20,
+    ignore: Annotated[list[str], typer.Option(help="Module name never to prune (repeatable); stem and "
+                                              "classifier are always kept.")] = [],  # noqa: B006
+    finetune_epochs: Annotated[int, typer.Option(help="Fine-tune the best policy for N epochs afterwards.")] = 0,
+) -> None:
+    """Search per-group prune ratios that keep the most held-out accuracy within the budget(s)."""
+    from autoprune.search import SearchConfig
+    from autoprune.ui import run_search_with_progress
+
+    cfg = SearchConfig(model=model, budgets=list(budget), data=data, weights=weights, agent=agent, evals=evals,
+                       seed=seed, out=out, storage=storage, resume=resume, device=device, space=space,
+                       max_ratio=max_ratio, round_to=round_to, criterion=criterion, heldout=heldout,
+                       calib_batches=calib_batches, finetune_epochs=finetune_epochs, ignore=list(ignore))
+    run_search_with_progress(cfg, console)
+
+
+@app.command()
+def apply(
+    policy: Annotated[Path, typer.Argument(help="policy.json written by `autoprune search`.")],
+    out: Annotated[Path, typer.Option(help="Where to write the pruned model (torch.save of the module).")],
+    weights: WeightsOpt = None,
+    data: Annotated[str | None, typer.Option(help="Dataset for BN recalibration; default: the policy's.")] = None,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Rebuild the physically pruned model from a policy file and its base model."""
+    from autoprune.apply import load_run_model
+
+    if out.exists():
+        raise UserError(f"{out} already exists: choose another --out")
+    loaded = load_run_model(policy, weights=weights, data=data, device=device)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    import torch
+
+    torch.save(loaded.pruned.cpu(), out)
+    console.print(f"wrote {out}")
+
+
+@app.command()
+def export(
+    policy: Annotated[Path, typer.Argument(help="policy.json written by `autoprune search`.")],
+    out: Annotated[Path, typer.Option(help="Folder for nni_config_list.json, tp_pruning_ratio_dict.json and "
+                                      "the pruned model (.pt, .onnx).")],
+    weights: WeightsOpt = None,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Write a policy in the formats NNI and Torch-Pruning read, plus the pruned model files."""
+    from autoprune.apply import load_run_model
+    from autoprune.export import write_exports
+
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"{out} already exists and is not empty: choose another --out")
+    loaded = load_run_model(policy, weights=weights, device=device)
+    out.mkdir(parents=True, exist_ok=True)
+    import torch
+
+    files = write_exports(out, loaded.graph, loaded.policy, loaded.pruned.cpu(),
+                          torch.randn(1, *loaded.graph.input_shape))
+    for name, path in files.items():
+        console.print(f"{name}: {path}")
+
+
+@app.command()
+def finetune(
+    run: Annotated[Path, typer.Argument(help="Run folder of `autoprune search` (holds policy.json).")],
+    epochs: Annotated[int, typer.Option(help="Fine-tuning epochs (cosine LR).")] = 3,
+    lr: Annotated[float, typer.Option(help="Starting learning rate.")] = 0.01,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Fine-tune a search's pruned model on the training split; reports test accuracy before/after."""
+    from autoprune.finetune import finetune_run
+
+    if not (run / "policy.json").exists():
+        raise UserError(f"{run} is not a run folder (no policy.json)")
+    result = finetune_run(run, epochs, lr=lr, device=device, on_epoch=lambda e, row: console.print(
+        f"epoch {row['epoch']}/{epochs}: loss {row['loss']:.4f}, held-out {row['heldout_accuracy']:.4f}"))
+    console.print(f"test accuracy {result['test_accuracy_before_finetune']:.4f} -> "
+                  f"{result['finetuned_test_accuracy']:.4f}; wrote {run / 'finetuned.pt'}")
+
+
+@app.command()
+def evaluate(
+    model: Annotated[str, typer.Argument(help="Model name, or a policy.json to evaluate its pruned model.")],
+    data: DataOpt = "fashion-mnist",
+    weights: WeightsOpt = None,
+    heldout: HeldoutOpt = 5000,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Held-out and test accuracy, MACs and params of a model (or of a policy's pruned model)."""
+    from autoprune.workflows import evaluate_model
+
+    row = evaluate_model(model, data=data, weights=weights, heldout=heldout, device=device)
+    for key, value in row.items():
+        typer.echo(f"{key}: {value}")
+
+
+@app.command()
+def models() -> None:
+    """List model names: the project's small-input nets and every torchvision classifier."""
+    from autoprune.zoo import list_models, shipped_weights
+
+    for name, desc in list_models():
+        shipped = " [shipped weights: fashion-mnist]" if shipped_weights(name, "fashion-mnist") else ""
+        typer.echo(f"{name:24s} {desc}{shipped}")
+
+
+@app.command()
+def datasets() -> None:
+    """List dataset specs accepted by --data."""
+    from autoprune.data import DATASETS
+
+    for name, desc in DATASETS.items():
+        typer.echo(f"{name:24s} {desc}")
+
+
+@app.command("agents")
+def list_agents() -> None:
+    """List the registered searchers."""
+    from autoprune.agents import REGISTRY
+
+    for name, (_, _, desc) in REGISTRY.items():
+        typer.echo(f"{name:12s} {desc}")
+
+
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:

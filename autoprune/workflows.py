@@ -43,3 +43,26 @@ def train_model(model_name: str, data_spec: str, cfg: TrainConfig, out: Path, *,
     }
     save_weights(bundle.model, out, card)
     return card
+
+
+def evaluate_model(model: str, *, data: str = "fashion-mnist", weights: str | None = None, heldout: int = 5000,
+                   device: str = "auto") -> dict:
+    """Accuracy and costs of a zoo model, or of the pruned model of a policy.json."""
+    from autoprune.apply import load_run_model
+    from autoprune.graph import build_graph
+
+    dev = resolve_device(device)
+    if model.endswith(".json"):
+        loaded = load_run_model(Path(model), weights=weights, device=device)
+        net, bundle_data = loaded.pruned, loaded.data
+    else:
+        bundle_data = load_data(data, heldout_size=heldout)
+        bundle = build_model(model, num_classes=bundle_data.num_classes, in_channels=bundle_data.in_channels,
+                             dataset=bundle_data.name, weights=weights)
+        bundle_data = bundle_data.with_channels(bundle.in_channels)
+        net = bundle.model
+    shape = (bundle_data.in_channels, *bundle_data.input_size)
+    graph = build_graph(net, shape)
+    return {"heldout_accuracy": accuracy(net.to(dev), bundle_data.heldout, dev)["top1"],
+            "test_accuracy": accuracy(net, bundle_data.test, dev)["top1"],
+            "macs": graph.base_macs, "params": graph.base_params}

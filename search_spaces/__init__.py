@@ -2,5 +2,6 @@
 from __future__ import annotations
 
 from autoprune.search_spaces.channel import ChannelSpace, auto_round_to
+from autoprune.search_spaces.unstructured import UnstructuredSpace, sparsity_report
 
-__all__ = ["ChannelSpace", "auto_round_to"]
+__all__ = ["ChannelSpace", "UnstructuredSpace", "auto_round_to", "sparsity_report"]

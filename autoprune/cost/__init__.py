@@ -1,0 +1,34 @@
+"""Cost models: what a policy costs, computed without building the pruned model.
+
+Every searcher, the env and the budgets read costs only through a `CostModel`. The analytic
+ones here come from the search space (the graph's exact MACs/params polynomials); latency
+look-up tables plug in behind the same protocol.
+"""
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+
+class CostModel(Protocol):
+    metric: str  # "macs", "params", "latency_ms", ...
+
+    def cost(self, ratios: np.ndarray) -> float: ...
+
+
+class AnalyticCost:
+    """MACs or params of a ratio vector from the space's analytic formulas (microseconds)."""
+
+    def __init__(self, space, metric: str) -> None:
+        if metric not in ("macs", "params"):
+            raise ValueError(f"analytic cost has no metric '{metric}'")
+        self.space, self.metric = space, metric
+        self._fn = space.macs if metric == "macs" else space.params
+
+    def cost(self, ratios: np.ndarray) -> float:
+        return self._fn(ratios)
+
+
+def analytic_cost_models(space) -> dict[str, CostModel]:
+    return {m: AnalyticCost(space, m) for m in ("macs", "params")}

@@ -1,0 +1,99 @@
+"""Baseline searchers: uniform, Torch-Pruning global ranking, and EagleEye-style random search."""
+from __future__ import annotations
+
+import copy
+import logging
+
+import numpy as np
+import torch
+import torch_pruning as tp
+
+log = logging.getLogger(__name__)
+
+
+class UniformSearch:
+    """The same prune ratio for every group, the largest that meets the budget (one evaluation)."""
+
+    name = "uniform"
+
+    def search(self, problem, n_evals: int, *, seed: int) -> None:
+        problem.evaluate(_uniform(problem))
+
+
+def _uniform(problem) -> np.ndarray:
+    """Bisect one ratio u (capped per group at its max) to the least pruning meeting the budget."""
+    maxr = problem.space.max_ratios
+    lo, hi = 0.0, 1.0
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        if problem.feasible(np.minimum(mid, maxr)):
+            hi = mid
+        else:
+            lo = mid
+    return problem.project(np.minimum(hi, maxr), None)
+
+
+class GlobalSearch:
+    """Torch-Pruning's global ranking (MetaPruner, global_pruning=True) bisected to the budget.
+
+    Torch-Pruning ranks all channels of all groups together by normalised group magnitude and
+    removes the lowest; the pruning ratio that meets the budget is found by bisection. The kept
+    counts it produces are snapped to the search space's grid and projected (small changes) so the
+    policy meets the budget like every other searcher's.
+    """
+
+    name = "global"
+
+    def __init__(self, importance: str = "l1") -> None:
+        self.p = 1 if importance == "l1" else 2
+
+    def search(self, problem, n_evals: int, *, seed: int) -> None:
+        graph, space = problem.space.graph, problem.space
+        example = torch.randn(1, *graph.input_shape)
+        names = graph.group_names()
+
+        def ratios_at(r: float) -> np.ndarray:
+            model = copy.deepcopy(problem.model).cpu().eval()
+            modules = dict(model.named_modules())
+            pruner = tp.pruner.MetaPruner(
+                model, example, importance=tp.importance.GroupMagnitudeImportance(p=self.p),
+                global_pruning=True, pruning_ratio=r, max_pruning_ratio=float(space.max_ratio),
+                ignored_layers=[modules[n] for n in graph.ignored])
+            pruner.step()
+            kept = np.array([_out_channels(modules[n]) for n in names], dtype=np.float64)
+            return 1.0 - kept / space.channels
+
+        lo, hi = 0.0, float(space.max_ratio)
+        best = None
+        for _ in range(12):
+            mid = (lo + hi) / 2
+            ratios = ratios_at(mid)
+            if problem.feasible(ratios):
+                hi, best = mid, ratios
+            else:
+                lo = mid
+        if best is None:
+            best = ratios_at(hi)
+        problem.evaluate(problem.project(best, None))
+
+
+def _out_channels(m: torch.nn.Module) -> int:
+    return int(m.out_channels if hasattr(m, "out_channels") else m.out_features)
+
+
+class RandomSearch:
+    """EagleEye (Li et al. 2020): random per-group ratios within the budget, best held-out wins.
+
+    Each candidate draws ratios uniformly in [0, max] per group, then is projected onto the
+    budget (to within 0.5% of the target), so every candidate spends the same budget.
+    """
+
+    name = "random"
+
+    def search(self, problem, n_evals: int, *, seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        tries = 0
+        while problem.n_evals < n_evals and tries < 20 * n_evals:
+            tries += 1
+            ratios = problem.project(rng.uniform(0.0, problem.space.max_ratios), rng)
+            problem.evaluate(ratios)

@@ -1,0 +1,39 @@
+"""Fine-tuning a search result: rebuild the pruned model from a run folder, train, re-test.
+
+Uses the training split only (the held-out split the search scored on stays unseen) with a
+cosine schedule, and reports test accuracy before and after.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from autoprune.apply import load_run_model
+from autoprune.device import resolve_device
+from autoprune.errors import UserError
+from autoprune.evaluate import accuracy
+from autoprune.train import TrainConfig, train
+
+
+def finetune_run(run: Path, epochs: int, *, lr: float = 0.01, batch_size: int = 128, seed: int = 0,
+                 device: str = "auto", on_epoch=None) -> dict:
+    """Fine-tune RUN/policy.json's pruned model; writes RUN/finetuned.pt and updates policy.json."""
+    if epochs < 1:
+        raise UserError("--epochs must be at least 1")
+    dev = resolve_device(device)
+    loaded = load_run_model(run / "policy.json", device=device)
+    pruned, data = loaded.pruned, loaded.data
+    before = accuracy(pruned.to(dev), data.test, dev)["top1"]
+    cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, schedule="cosine", seed=seed)
+    history = train(pruned, data, cfg, dev, on_epoch)
+    after = accuracy(pruned, data.test, dev)["top1"]
+    torch.save(pruned.cpu(), run / "finetuned.pt")
+    result = {"finetune_epochs": epochs, "finetune_lr": lr, "test_accuracy_before_finetune": before,
+              "finetuned_test_accuracy": after,
+              "finetuned_heldout_accuracy": history[-1]["heldout_accuracy"] if history else None}
+    meta = json.loads((run / "policy.json").read_text())
+    meta.update(result)
+    (run / "policy.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return result

@@ -1,0 +1,150 @@
+"""The problem: model + graph + search space + cost models + budgets + evaluator + study.
+
+`Problem.evaluate(ratios)` is the single door every searcher walks through: it snaps the ratios
+to the space's grid, checks every budget, returns a cached result when the same policy was seen
+(in this run or, on resume, in the study), otherwise prunes a copy of the model, recalibrates
+BN, scores it on the held-out split, and records the result in the study.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from autoprune.budget import Budget, BudgetSet
+from autoprune.cost import CostModel, analytic_cost_models
+from autoprune.evaluate import Evaluator
+from autoprune.policy import Policy
+from autoprune.study import Study
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalResult:
+    index: int  # evaluation number in this run (0-based)
+    ratios: np.ndarray
+    key: str
+    costs: dict[str, float]
+    accuracy: float  # held-out top-1
+    top5: float | None
+    reward: float
+    seconds: dict[str, float] = field(default_factory=dict)
+    cached: bool = False
+
+
+REWARDS: dict[str, Callable[[float, dict[str, float]], float]] = {
+    "accuracy": lambda acc, costs: acc,
+    # AMC's -Error*log(FLOPs): prefers accurate *and* cheap policies when the budget is loose
+    "error-log-flops": lambda acc, costs: -(1.0 - acc) * math.log(costs["macs"]),
+    "error-log-params": lambda acc, costs: -(1.0 - acc) * math.log(costs["params"]),
+}
+
+
+class Problem:
+    def __init__(self, model: nn.Module, space, budgets: list[Budget], evaluator: Evaluator, *,
+                 study: Study | None = None, criterion: str = "l1", reward: str | Callable = "accuracy",
+                 cost_models: dict[str, CostModel] | None = None, seed: int = 0) -> None:
+        self.model, self.space, self.evaluator, self.study = model, space, evaluator, study
+        self.criterion, self.seed = criterion, seed
+        self.cost_models = cost_models or analytic_cost_models(space)
+        self.reward_fn = REWARDS[reward] if isinstance(reward, str) else reward
+        zeros = np.zeros(space.size)
+        self.base_costs = self.costs(zeros)
+        self.budgets = BudgetSet(budgets, self.costs, self.base_costs, space.max_ratios)
+        self.budgets.check_feasible()
+        self.results: list[EvalResult] = []
+        self.callbacks: list[Callable[[EvalResult], None]] = []
+        self._cache: dict[str, EvalResult] = {}
+        self._stored: dict[str, dict] = {}
+        if study is not None:
+            self.attach_study(study)
+        self.timing = {"prune": 0.0, "forward": 0.0, "other": 0.0}
+
+    def attach_study(self, study: Study) -> None:
+        """Record into `study` from now on; its stored evaluations answer repeated policies."""
+        self.study = study
+        self._stored = {r["key"]: r for r in study.records()}
+
+    @property
+    def n_evals(self) -> int:
+        return len(self.results)
+
+    def costs(self, ratios: np.ndarray) -> dict[str, float]:
+        return {m: cm.cost(ratios) for m, cm in self.cost_models.items()}
+
+    def feasible(self, ratios: np.ndarray) -> bool:
+        return self.budgets.satisfied(self.costs(self.space.snap(ratios)))
+
+    def project(self, ratios: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+        """The nearest policy along `ratios`' direction that meets every budget (see BudgetSet.project)."""
+        return self.budgets.project(ratios, self.space.snap, self.space.step, rng)
+
+    @property
+    def best(self) -> EvalResult | None:
+        return max(self.results, key=lambda r: (r.reward, -r.index), default=None)
+
+    def policy(self, ratios: np.ndarray) -> Policy:
+        return Policy(dict(zip(self.space.names, (round(float(r), 6) for r in self.space.snap(ratios)))))
+
+    def evaluate(self, ratios: np.ndarray) -> EvalResult | None:
+        """Score a policy; None (and nothing recorded) when it breaks a budget."""
+        t0 = time.perf_counter()
+        ratios = self.space.snap(np.asarray(ratios, dtype=np.float64))
+        costs = self.costs(ratios)
+        if not self.budgets.satisfied(costs):
+            return None
+        key = self.policy(ratios).key()
+        if key in self._cache:
+            result = self._replay(self._cache[key])
+        elif key in self._stored:
+            stored = self._stored[key]
+            result = EvalResult(self.n_evals, ratios, key, costs, stored["accuracy"], stored.get("top5"),
+                                stored["reward"], stored.get("seconds", {}), cached=True)
+        else:
+            result = self._score(ratios, key, costs, t0)
+        self._cache.setdefault(key, result)
+        self.results.append(result)
+        for cb in self.callbacks:
+            cb(result)
+        return result
+
+    def _replay(self, r: EvalResult) -> EvalResult:
+        return EvalResult(self.n_evals, r.ratios, r.key, r.costs, r.accuracy, r.top5, r.reward, r.seconds, cached=True)
+
+    def _score(self, ratios: np.ndarray, key: str, costs: dict[str, float], t0: float) -> EvalResult:
+        t1 = time.perf_counter()
+        pruned = self.space.apply(self.model, ratios, criterion=self.criterion, seed=self.seed)
+        t2 = time.perf_counter()
+        acc = self.evaluator(pruned)
+        t3 = time.perf_counter()
+        reward = float(self.reward_fn(acc["top1"], costs))
+        seconds = {"prune": t2 - t1, "forward": t3 - t2}
+        result = EvalResult(self.n_evals, ratios, key, costs, acc["top1"], acc.get("top5"), reward, seconds)
+        if self.study is not None:
+            self.study.add(list(ratios), acc["top1"], {
+                "key": key, "index": result.index, "ratios": [float(r) for r in ratios], **costs,
+                "top5": acc.get("top5"), "reward": reward, "seconds": seconds})
+        t4 = time.perf_counter()
+        seconds["other"] = (t1 - t0) + (t4 - t3)
+        self.timing["prune"] += seconds["prune"]
+        self.timing["forward"] += seconds["forward"]
+        self.timing["other"] += seconds["other"]
+        return result
+
+    def overhead_share(self) -> float:
+        """Share of evaluation time spent beyond forward passes (pruning, costing, storing)."""
+        total = sum(self.timing.values())
+        return (self.timing["prune"] + self.timing["other"]) / total if total else 0.0
+
+    def pruned_model(self, ratios: np.ndarray) -> nn.Module:
+        """The physically pruned model of `ratios` with BN recalibrated, ready to test or export."""
+        pruned = self.space.apply(self.model, self.space.snap(ratios), criterion=self.criterion, seed=self.seed)
+        self.evaluator(pruned)
+        return pruned

@@ -1,0 +1,210 @@
+"""A search job: build the problem from a config, run a searcher on it, report and write results.
+
+Validation (model, data, weights, budgets, agent) happens before anything is written, so bad
+input leaves no half-made run folder. A run folder is never reused without `resume=True`; a
+resumed run replays its searcher from the seed and takes stored evaluations from the study.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from autoprune import agents
+from autoprune.budget import parse_budget
+from autoprune.cost.measured import measure_latency_ms
+from autoprune.data import DataBundle, load_data
+from autoprune.device import resolve_device
+from autoprune.errors import UserError
+from autoprune.evaluate import Evaluator, accuracy
+from autoprune.graph import build_graph
+from autoprune.policy import CRITERIA, Policy
+from autoprune.problem import EvalResult, Problem
+from autoprune.study import Study, StudyInfo
+from autoprune.zoo import ModelBundle, build_model
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EVALS = {"random": 60, "uniform": 1, "global": 1}
+
+
+@dataclass
+class SearchConfig:
+    model: str
+    budgets: list[str]
+    data: str = "fashion-mnist"
+    weights: str | None = None
+    agent: str = agents.DEFAULT_AGENT
+    evals: int | None = None  # None: the agent's default
+    seed: int = 0
+    out: Path | None = None
+    storage: str | None = None  # SQLAlchemy URL; default sqlite in the run folder
+    resume: bool = False
+    device: str = "auto"
+    space: str = "channel"
+    max_ratio: float = 0.8
+    round_to: int | None = None
+    criterion: str = "l1"
+    heldout: int = 5000
+    calib_batches: int = 20
+    finetune_epochs: int = 0
+    ignore: list[str] = field(default_factory=list)
+    agent_options: dict = field(default_factory=dict)
+
+    def n_evals(self) -> int:
+        return self.evals if self.evals is not None else DEFAULT_EVALS.get(self.agent, 60)
+
+
+@dataclass
+class Setup:
+    """Everything built from a config, before any file is written."""
+
+    config: SearchConfig
+    data: DataBundle
+    bundle: ModelBundle
+    problem: Problem
+    searcher: agents.Searcher
+    device: torch.device
+
+
+def default_out(cfg: SearchConfig) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{cfg.model.replace(':', '_').replace('/', '_')}-{cfg.agent}-s{cfg.seed}-{stamp}"
+
+
+def build_setup(cfg: SearchConfig) -> Setup:
+    """Load data and model, analyse the graph, parse budgets: every check that can refuse input."""
+    if cfg.agent not in agents.names():
+        raise UserError(f"unknown agent '{cfg.agent}': one of {', '.join(agents.names())}")
+    if cfg.criterion not in CRITERIA:
+        raise UserError(f"unknown importance criterion '{cfg.criterion}': one of {', '.join(CRITERIA)}")
+    if not cfg.budgets:
+        raise UserError("give at least one --budget, e.g. --budget 50%FLOPs")
+    if cfg.n_evals() < 1:
+        raise UserError("--evals must be at least 1")
+    device = resolve_device(cfg.device)
+    data = load_data(cfg.data, heldout_size=cfg.heldout)
+    bundle = build_model(cfg.model, num_classes=data.num_classes, in_channels=data.in_channels,
+                         dataset=data.name, weights=cfg.weights)
+    data = data.with_channels(bundle.in_channels)
+    input_shape = (data.in_channels, *data.input_size)
+    graph = build_graph(bundle.model, input_shape, model_id=cfg.model, ignore=cfg.ignore)
+    space = _space(cfg, graph, bundle.model)
+    evaluator = Evaluator(data.train, data.heldout, device, calib_batches=cfg.calib_batches, seed=cfg.seed)
+    base = {"macs": graph.base_macs, "params": graph.base_params}
+    budgets = [parse_budget(b, base) for b in cfg.budgets]
+    problem = Problem(bundle.model, space, budgets, evaluator, criterion=cfg.criterion, seed=cfg.seed)
+    searcher = agents.build(cfg.agent, **cfg.agent_options)
+    return Setup(cfg, data, bundle, problem, searcher, device)
+
+
+def _space(cfg: SearchConfig, graph, model):
+    from autoprune.search_spaces import ChannelSpace, UnstructuredSpace
+
+    try:
+        if cfg.space == "channel":
+            return ChannelSpace(graph, max_ratio=cfg.max_ratio, round_to=cfg.round_to)
+        if cfg.space == "unstructured":
+            return UnstructuredSpace(graph, model, max_ratio=cfg.max_ratio)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    raise UserError(f"unknown search space '{cfg.space}': channel or unstructured")
+
+
+def prepare_run_dir(cfg: SearchConfig) -> Path:
+    out = cfg.out or default_out(cfg)
+    if cfg.resume:
+        if not out.is_dir():
+            raise UserError(f"nothing to resume: {out} does not exist")
+    elif out.exists() and any(out.iterdir()):
+        raise UserError(f"run folder {out} already exists and is not empty: pass --resume or choose another --out")
+    return out
+
+
+def run_search(cfg: SearchConfig, *, on_result: Callable[[EvalResult, Problem], None] | None = None,
+               on_stage: Callable[[str], None] | None = None) -> dict:
+    """Run the whole job; returns the summary that is also written to OUT/policy.json."""
+    stage = on_stage or (lambda s: None)
+    out = prepare_run_dir(cfg)
+    stage("loading model and data, analysing the graph")
+    setup = build_setup(cfg)
+    problem, device = setup.problem, setup.device
+    input_shape = (setup.data.in_channels, *setup.data.input_size)
+
+    storage = cfg.storage or f"sqlite:///{out.resolve() / 'study.db'}"
+    info = StudyInfo(cfg.model, cfg.agent, cfg.seed, cfg.budgets, problem.space.names)
+    if cfg.storage:  # an external database may refuse (name taken): ask it before making the folder
+        study = Study(storage, out.name, info, list(problem.space.max_ratios), resume=cfg.resume)
+        out.mkdir(parents=True, exist_ok=True)
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        study = Study(storage, out.name, info, list(problem.space.max_ratios), resume=cfg.resume)
+    problem.attach_study(study)
+    (out / "run.json").write_text(json.dumps(_jsonable(asdict(cfg)), indent=2) + "\n")
+
+    stage("scoring the unpruned model")
+    base_heldout = accuracy(setup.bundle.model.to(device), setup.data.heldout, device)["top1"]
+    if on_result:
+        problem.callbacks.append(lambda r: on_result(r, problem))
+    n_evals = cfg.n_evals()
+    start = time.perf_counter()
+    setup.searcher.search(problem, n_evals, seed=cfg.seed)
+    search_seconds = time.perf_counter() - start
+    best = problem.best
+    if best is None:
+        raise UserError("the search evaluated no policy within the budget")
+
+    stage("testing the best policy")
+    pruned = problem.pruned_model(best.ratios)
+    base_test = accuracy(setup.bundle.model.to(device), setup.data.test, device)["top1"]
+    test = accuracy(pruned, setup.data.test, device)["top1"]
+    latency = {"base": measure_latency_ms(setup.bundle.model, input_shape),
+               "pruned": measure_latency_ms(pruned, input_shape)}
+    policy = problem.policy(best.ratios)
+    summary = {
+        "model": cfg.model, "weights": setup.bundle.weights, "data": cfg.data, "input_shape": list(input_shape),
+        "space": problem.space.describe(), "criterion": cfg.criterion, "agent": cfg.agent, "seed": cfg.seed,
+        "budgets": cfg.budgets, "macs": best.costs["macs"], "base_macs": problem.base_costs["macs"],
+        "params": best.costs["params"], "base_params": problem.base_costs["params"],
+        "heldout_accuracy": best.accuracy, "base_heldout_accuracy": base_heldout,
+        "test_accuracy": test, "base_test_accuracy": base_test,
+        "latency_ms": latency["pruned"], "base_latency_ms": latency["base"], "latency_batch": 1,
+        "evaluations": problem.n_evals, "cached_evaluations": sum(r.cached for r in problem.results),
+        "best_evaluation": best.index, "search_seconds": round(search_seconds, 2),
+        "overhead_share": round(problem.overhead_share(), 4),
+        "heldout_images": len(setup.data.heldout), "calib_batches": cfg.calib_batches, "storage": storage if cfg.storage else "study.db",
+    }
+    if problem.space.kind == "channel":
+        summary["kept_channels"] = {n: int(k) for n, k in zip(problem.space.names, problem.space.kept(best.ratios))}
+    policy.meta = summary
+    policy.save(out / "policy.json")
+
+    stage("writing the pruned model and exports")
+    from autoprune.export import write_exports
+
+    files = write_exports(out, problem.space.graph, policy, pruned, torch.randn(1, *input_shape))
+    if cfg.finetune_epochs > 0:
+        from autoprune.finetune import finetune_run
+
+        stage(f"fine-tuning for {cfg.finetune_epochs} epochs")
+        summary.update(finetune_run(out, cfg.finetune_epochs, device=cfg.device))
+    summary["files"] = {k: str(v) for k, v in {"policy": out / "policy.json", "study": storage, **files}.items()}
+    return summary
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj

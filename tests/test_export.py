@@ -1,0 +1,160 @@
+"""Exports reproduce autoprune's pruning exactly in the tools they are written for."""
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import torch_pruning as tp
+
+from autoprune.errors import UserError
+from autoprune.export import (apply_tp_ratio_dict, nni_config_list, nni_ratio, tp_ratio,
+                              tp_ratio_dict, write_exports)
+from autoprune.graph import build_graph
+from autoprune.policy import Policy
+from autoprune.search_spaces import ChannelSpace
+from autoprune.zoo import build_model
+
+SHAPE = (1, 28, 28)
+
+
+def _setup(name: str):
+    torch.manual_seed(0)
+    model = build_model(name, num_classes=10, in_channels=1, weights="random").model.eval()
+    graph = build_graph(model, SHAPE, model_id=name)
+    return model, graph, ChannelSpace(graph)
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    return _setup("resnet20")
+
+
+@pytest.fixture(scope="module")
+def mobilenet():
+    return _setup("mobilenetv2")
+
+
+def _policy(space: ChannelSpace, seed: int) -> tuple[np.ndarray, Policy]:
+    ratios = space.snap(np.random.default_rng(seed).uniform(0, 0.8, space.size))
+    ratios[seed % space.size] = 0.0  # one group left whole: it must be absent from the exports
+    return ratios, Policy.from_vector(space.graph, ratios)
+
+
+def test_ratios_survive_the_tools_truncation():
+    # Exhaustive over small layers: the tool's own arithmetic lands on the exact count.
+    for n in range(1, 400):
+        for kept in range(1, n + 1):
+            r = tp_ratio(n, kept)
+            assert int(n * (1.0 - r)) == kept
+            assert abs(r - (n - kept) / n) <= 4e-6
+            s = nni_ratio(n, kept)
+            assert int(n * s) == n - kept and round(n * s) == n - kept
+            assert abs(s - (n - kept) / n) <= 4e-6
+    # The naive six-decimal ratio would not do: 1 - 0.614583 keeps 37.00003 of 96, but 0.614584 keeps 36.9999.
+    assert int(96 * (1 - 0.614584)) == 36 and int(96 * (1 - tp_ratio(96, 37))) == 37
+
+
+def test_nni_config_list(resnet):
+    model, graph, space = resnet
+    ratios, policy = _policy(space, 1)
+    kept = space.kept(ratios)
+    names = dict(model.named_modules())
+    config = nni_config_list(graph, policy)
+    pruned = [g for g in graph.groups if kept[g.index] < g.channels]
+    assert len(config) == len(pruned) == len(graph.groups) - 1
+    for entry, g in zip(config, pruned):
+        assert set(entry) == {"op_names", "sparsity_per_layer"}
+        assert entry["op_names"] == g.layers and all(n in names for n in entry["op_names"])
+        assert all(isinstance(names[n], (torch.nn.Conv2d, torch.nn.Linear)) for n in entry["op_names"])
+        assert entry["sparsity_per_layer"] == pytest.approx(policy.ratios[g.name], abs=4e-6)
+        assert int(g.channels * entry["sparsity_per_layer"]) == g.channels - kept[g.index]
+    residual = next(e for e in config if len(e["op_names"]) > 1)  # coupled layers share one entry
+    assert len(residual["op_names"]) == 4
+    v3 = nni_config_list(graph, policy, nni_version=3)
+    assert [set(e) for e in v3] == [{"op_names", "sparse_ratio"}] * len(config)
+    assert [e["sparse_ratio"] for e in v3] == [e["sparsity_per_layer"] for e in config]
+    with pytest.raises(UserError):
+        nni_config_list(graph, policy, nni_version=1)
+
+
+# mobilenetv2 is slow to analyse and prune on a busy CPU: its second policy is checked against
+# the graph's analytic costs only (exact, and equal to apply_policy's on the first policy).
+@pytest.mark.parametrize("fixture, seeds, against_apply", [("resnet", (0, 1, 2), 3), ("mobilenet", (3, 4), 1)])
+def test_tp_ratio_dict_reproduces_apply_policy(fixture, seeds, against_apply, request):
+    model, graph, space = request.getfixturevalue(fixture)
+    x = torch.randn(1, *SHAPE)
+    for i, seed in enumerate(seeds):
+        ratios, policy = _policy(space, seed)
+        kept = space.kept(ratios)
+        ratio_dict = json.loads(json.dumps(tp_ratio_dict(graph, policy)))  # as read back from the file
+        assert set(ratio_dict) == {g.name for g in graph.groups if kept[g.index] < g.channels}
+        theirs = apply_tp_ratio_dict(copy.deepcopy(model), x, ratio_dict, importance="l1")
+        theirs_macs, theirs_params = tp.utils.count_ops_and_params(theirs, x)
+        assert theirs_macs == graph.macs(kept) and theirs_params == graph.params(kept)
+        with torch.no_grad():
+            assert theirs(x).shape == (1, 10)
+        if i >= against_apply:
+            continue
+        ours = space.apply(model, ratios, criterion="l1")
+        assert tp.utils.count_ops_and_params(ours, x) == (theirs_macs, theirs_params)
+        shapes = {n: p.shape for n, p in ours.named_parameters()}
+        assert {n: p.shape for n, p in theirs.named_parameters()} == shapes
+        # Same criterion on the same weights: the same channels survive, so the same function.
+        with torch.no_grad():
+            assert torch.allclose(ours(x), theirs(x), atol=1e-5)
+
+
+def test_apply_tp_ratio_dict_options(resnet):
+    model, graph, space = resnet
+    x = torch.randn(1, *SHAPE)
+    ratios, policy = _policy(space, 5)
+    ratio_dict = tp_ratio_dict(graph, policy)
+    fresh = copy.deepcopy(model).train()
+    by_graph = apply_tp_ratio_dict(fresh, x, ratio_dict, ignored_layers=graph.ignored)
+    assert by_graph is fresh and fresh.training  # in place, mode restored
+    assert tp.utils.count_ops_and_params(by_graph, x)[0] == graph.macs(space.kept(ratios))
+    assert torch.equal(fresh.bn1.running_mean, model.bn1.running_mean)  # tracing did not train BN
+    with pytest.raises(UserError, match="no module"):
+        apply_tp_ratio_dict(copy.deepcopy(model), x, {"layer9.conv": 0.5})
+    with pytest.raises(UserError, match="ratios must lie"):
+        apply_tp_ratio_dict(copy.deepcopy(model), x, {graph.groups[0].name: 1.0})
+    # A group that touches an ignored layer cannot be pruned: an error, not a silently wrong model.
+    with pytest.raises(UserError, match="kept"):
+        apply_tp_ratio_dict(copy.deepcopy(model), x, {"layer1.0.conv1": 0.5}, ignored_layers=["layer1.0.conv1"])
+
+
+def test_write_exports_and_model_files(resnet, tmp_path):
+    model, graph, space = resnet
+    x = torch.randn(2, *SHAPE)
+    ratios, policy = _policy(space, 6)
+    pruned = space.apply(model, ratios).train()
+    paths = write_exports(tmp_path, graph, policy, model=pruned, example_input=x[:1])
+    assert pruned.training  # exporting works on a copy: the caller's model keeps its mode
+    pruned.eval()
+    assert {"nni_config_list", "tp_pruning_ratio_dict", "pt"} <= set(paths)
+    assert all(p.exists() and p.parent == tmp_path for p in paths.values())
+    assert paths["pt"].name == "pruned.pt" and (paths.get("onnx") or paths["torchscript"]).stem == "pruned"
+    assert json.loads(paths["nni_config_list"].read_text()) == nni_config_list(graph, policy)
+    ratio_dict = json.loads(paths["tp_pruning_ratio_dict"].read_text())
+    assert ratio_dict == tp_ratio_dict(graph, policy)
+
+    loaded = torch.load(paths["pt"], weights_only=False).eval()
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), pruned(x))
+    assert tp.utils.count_ops_and_params(loaded, x[:1])[0] == graph.macs(space.kept(ratios))
+    if "onnx" in paths:
+        onnx.checker.check_model(str(paths["onnx"]))
+        proto = onnx.load(str(paths["onnx"]))
+        assert [i.name for i in proto.graph.input] == ["input"]
+    else:  # the TorchScript fallback
+        ts = torch.jit.load(str(paths["torchscript"]))
+        with torch.no_grad():
+            assert torch.allclose(ts(x), pruned(x), atol=1e-5)
+
+    json_only = write_exports(tmp_path / "policy_only", graph, policy)
+    assert set(json_only) == {"nni_config_list", "tp_pruning_ratio_dict"}
+
