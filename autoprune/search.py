@@ -186,9 +186,15 @@ def run_search(cfg: SearchConfig, *, on_result: Callable[[EvalResult, Problem], 
     policy.save(out / "policy.json")
 
     stage("writing the pruned model and exports")
-    from autoprune.export import write_exports
+    from autoprune.export import save_pruned_model, write_exports
 
-    files = write_exports(out, problem.space.graph, policy, pruned, torch.randn(1, *input_shape))
+    example = torch.randn(1, *input_shape)
+    if problem.space.kind == "channel":
+        files = write_exports(out, problem.space.graph, policy, pruned, example)
+    else:  # unstructured: NNI reads per-layer sparsity directly; the model file holds the zeros
+        nni = [{"op_names": [n], "sparsity_per_layer": r} for n, r in policy.ratios.items() if r > 0]
+        files = {"nni_config_list": out / "nni_config_list.json", **save_pruned_model(pruned, out, example)}
+        files["nni_config_list"].write_text(json.dumps(nni, indent=2) + "\n")
     if cfg.finetune_epochs > 0:
         from autoprune.finetune import finetune_run
 

@@ -122,6 +122,19 @@ class UnstructuredSpace:
         """Ratios that apply reproduces exactly (zeros / numel)."""
         return self.zeros(ratios) / self.numel
 
+    def step(self, ratios: np.ndarray, i: int, direction: int) -> np.ndarray | None:
+        """Ratios with layer i 0.1% of its weights sparser (+1) or denser (-1); None at a bound.
+
+        The budget projection refines with these steps; 0.1% keeps it well inside its 0.5% tolerance.
+        """
+        zeros = self.zeros(ratios).astype(np.float64)
+        delta = max(1.0, np.ceil(0.001 * self.numel[i]))
+        new = zeros[i] + direction * delta
+        if new < 0 or new > self.max_zeros[i]:
+            return None
+        zeros[i] = new
+        return zeros / self.numel
+
     def params(self, ratios: np.ndarray) -> float:
         """Non-zero parameters: the model's parameters minus the zeroed weights."""
         return float(self.base_params - self.zeros(ratios).sum())
@@ -140,7 +153,8 @@ class UnstructuredSpace:
         if criterion not in CRITERIA:
             raise UserError(f"unknown criterion '{criterion}' for unstructured pruning: one of {', '.join(CRITERIA)}")
         zeros = self.zeros(ratios).astype(np.int64)
-        pruned = copy.deepcopy(model)
+        # torch.nn.utils.prune views weights flat: needs contiguous (not channels_last) tensors
+        pruned = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
         modules = dict(pruned.named_modules())
         missing = [n for n in self.layer_names if n not in modules]
         if missing:

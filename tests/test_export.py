@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 
 import numpy as np
 import onnx
@@ -11,7 +12,7 @@ import torch
 import torch_pruning as tp
 
 from autoprune.errors import UserError
-from autoprune.export import (apply_tp_ratio_dict, nni_config_list, nni_ratio, tp_ratio,
+from autoprune.export import (apply_tp_ratio_dict, nni_config_list, nni_ratio, save_pruned_model, tp_ratio,
                               tp_ratio_dict, write_exports)
 from autoprune.graph import build_graph
 from autoprune.policy import Policy
@@ -19,6 +20,15 @@ from autoprune.search_spaces import ChannelSpace
 from autoprune.zoo import build_model
 
 SHAPE = (1, 28, 28)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """These tiny models gain nothing from intra-op threads; on a busy CPU they lose 10x to contention."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _setup(name: str):
@@ -81,13 +91,11 @@ def test_nni_config_list(resnet):
         nni_config_list(graph, policy, nni_version=1)
 
 
-# mobilenetv2 is slow to analyse and prune on a busy CPU: its second policy is checked against
-# the graph's analytic costs only (exact, and equal to apply_policy's on the first policy).
-@pytest.mark.parametrize("fixture, seeds, against_apply", [("resnet", (0, 1, 2), 3), ("mobilenet", (3, 4), 1)])
-def test_tp_ratio_dict_reproduces_apply_policy(fixture, seeds, against_apply, request):
+@pytest.mark.parametrize("fixture", ["resnet", "mobilenet"])
+def test_tp_ratio_dict_reproduces_apply_policy(fixture, request):
     model, graph, space = request.getfixturevalue(fixture)
     x = torch.randn(1, *SHAPE)
-    for i, seed in enumerate(seeds):
+    for seed in (0, 1, 2):
         ratios, policy = _policy(space, seed)
         kept = space.kept(ratios)
         ratio_dict = json.loads(json.dumps(tp_ratio_dict(graph, policy)))  # as read back from the file
@@ -97,8 +105,6 @@ def test_tp_ratio_dict_reproduces_apply_policy(fixture, seeds, against_apply, re
         assert theirs_macs == graph.macs(kept) and theirs_params == graph.params(kept)
         with torch.no_grad():
             assert theirs(x).shape == (1, 10)
-        if i >= against_apply:
-            continue
         ours = space.apply(model, ratios, criterion="l1")
         assert tp.utils.count_ops_and_params(ours, x) == (theirs_macs, theirs_params)
         shapes = {n: p.shape for n, p in ours.named_parameters()}
@@ -158,3 +164,27 @@ def test_write_exports_and_model_files(resnet, tmp_path):
     json_only = write_exports(tmp_path / "policy_only", graph, policy)
     assert set(json_only) == {"nni_config_list", "tp_pruning_ratio_dict"}
 
+
+
+class _Unexportable(torch.nn.Module):
+    """Singular values have no ONNX operator: both exporters fail, TorchScript must take over."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.linalg.svdvals(self.fc(x).reshape(-1, 2, 2))
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit.load is deprecated
+def test_save_pruned_model_falls_back_to_torchscript(tmp_path, caplog):
+    net, x = _Unexportable().eval(), torch.randn(3, 4)
+    with caplog.at_level(logging.WARNING, logger="autoprune.export"):
+        paths = save_pruned_model(net, tmp_path, x, stem="tiny")
+    assert set(paths) == {"pt", "torchscript"} and paths["torchscript"].name == "tiny.ts"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.pt", "tiny.ts"]  # no half-written .onnx
+    assert "writing TorchScript" in caplog.text and "\x1b[" not in caplog.text
+    with torch.no_grad():
+        assert torch.allclose(torch.jit.load(str(paths["torchscript"]))(x), net(x))
+        assert torch.allclose(torch.load(paths["pt"], weights_only=False)(x), net(x))
