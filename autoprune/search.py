@@ -91,7 +91,7 @@ def build_setup(cfg: SearchConfig) -> Setup:
     device = resolve_device(cfg.device)
     data = load_data(cfg.data, heldout_size=cfg.heldout)
     bundle = build_model(cfg.model, num_classes=data.num_classes, in_channels=data.in_channels,
-                         dataset=data.name, weights=cfg.weights)
+                         dataset=data.name, weights=cfg.weights, seed=cfg.seed)
     data = data.with_channels(bundle.in_channels)
     input_shape = (data.in_channels, *data.input_size)
     graph = build_graph(bundle.model, input_shape, model_id=cfg.model, ignore=cfg.ignore)
@@ -130,10 +130,21 @@ def prepare_run_dir(cfg: SearchConfig) -> Path:
 def run_search(cfg: SearchConfig, *, on_result: Callable[[EvalResult, Problem], None] | None = None,
                on_stage: Callable[[str], None] | None = None) -> dict:
     """Run the whole job; returns the summary that is also written to OUT/policy.json."""
-    stage = on_stage or (lambda s: None)
+    out, setup = prepare_search(cfg)
+    return execute_search(out, setup, on_result=on_result, on_stage=on_stage)
+
+
+def prepare_search(cfg: SearchConfig) -> tuple[Path, Setup]:
+    """Every check that can refuse the input; writes nothing."""
     out = prepare_run_dir(cfg)
-    stage("loading model and data, analysing the graph")
-    setup = build_setup(cfg)
+    return out, build_setup(cfg)
+
+
+def execute_search(out: Path, setup: Setup, *, on_result: Callable[[EvalResult, Problem], None] | None = None,
+                   on_stage: Callable[[str], None] | None = None) -> dict:
+    """Create the run folder and study, search, test the best policy, write policy and exports."""
+    cfg = setup.config
+    stage = on_stage or (lambda s: None)
     problem, device = setup.problem, setup.device
     input_shape = (setup.data.in_channels, *setup.data.input_size)
 

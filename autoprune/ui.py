@@ -6,10 +6,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from autoprune.budget import human
-from autoprune.search import SearchConfig, run_search
+from autoprune.search import SearchConfig, execute_search, prepare_search
 
 
 def run_search_with_progress(cfg: SearchConfig, console: Console) -> dict:
+    # Validate before any bar is drawn, so bad input prints only its one error line.
+    with console.status("loading model and data, analysing the graph"):
+        out, setup = prepare_search(cfg)
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
                         TextColumn("{task.fields[best]}"), console=console, transient=False)
@@ -21,7 +24,8 @@ def run_search_with_progress(cfg: SearchConfig, console: Console) -> dict:
                         best=f"best held-out {best.accuracy:.4f} @ {best.costs['macs'] / problem.base_costs['macs']:.1%} MACs")
 
     with progress:
-        summary = run_search(cfg, on_result=on_result, on_stage=lambda s: progress.update(task, description=s))
+        summary = execute_search(out, setup, on_result=on_result,
+                                 on_stage=lambda s: progress.update(task, description=s))
         progress.update(task, description="done")
     console.print(summary_table(summary))
     for name, path in summary["files"].items():

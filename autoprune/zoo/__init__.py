@@ -65,12 +65,19 @@ def shipped_card(name: str, dataset: str) -> dict:
 
 
 def build_model(name: str, *, num_classes: int, in_channels: int, dataset: str | None = None,
-                weights: str | None = None) -> ModelBundle:
+                weights: str | None = None, seed: int = 0) -> ModelBundle:
     """Build `name` for `num_classes` outputs and load the weights the user asked for.
 
     weights: None (shipped weights for `dataset` if any, else an error), "random", a torchvision
-    weights name such as "IMAGENET1K_V2" or "DEFAULT", or a local checkpoint path.
+    weights name such as "IMAGENET1K_V2" or "DEFAULT", or a local checkpoint path. Random
+    initialisation draws from `seed`, so "random" is reproducible too.
     """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _build(name, num_classes, in_channels, dataset, weights)
+
+
+def _build(name: str, num_classes: int, in_channels: int, dataset: str | None, weights: str | None) -> ModelBundle:
     if ":" in name and not Path(name).exists():
         model, native_channels = _user_model(name, num_classes, in_channels), in_channels
     elif name in SMALL_MODELS:

@@ -1,0 +1,275 @@
+"""The `autoprune` command line end to end: search, resume, apply, listings, and one-line refusals.
+
+Runs on a small subset of the installed Fashion-MNIST (same idx format, read by the real loader
+through `--data fashion-mnist:ROOT`) so that the test-set passes of a search take seconds.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch_pruning as tp
+from typer.testing import CliRunner
+
+from autoprune.cli import app, main
+from autoprune.zoo import build_model
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+N_TRAIN, N_TEST = 2000, 500
+
+pytestmark = pytest.mark.skipif(not (FASHION / "train-images-idx3-ubyte.gz").exists(),
+                                reason="Fashion-MNIST is not installed in /usr/share/datasets/fashion-mnist")
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def _write_idx(path: Path, arr: np.ndarray) -> None:
+    header = bytes([0, 0, 8, arr.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
+    with gzip.open(path, "wb", compresslevel=1) as f:
+        f.write(header + np.ascontiguousarray(arr).tobytes())
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """Data subset, checkpoints, a user model module; everything the commands below need."""
+    root = tmp_path_factory.mktemp("cli")
+    data = root / "fmnist"
+    data.mkdir()
+    for prefix, n in (("train", N_TRAIN), ("t10k", N_TEST)):
+        for kind in ("images-idx3", "labels-idx1"):
+            name = f"{prefix}-{kind}-ubyte.gz"
+            _write_idx(data / name, _read_idx(FASHION / name)[:n])
+    torch.manual_seed(0)
+    ckpt = root / "resnet20.pt"
+    torch.save(build_model("resnet20", num_classes=10, in_channels=1, weights="random").model.state_dict(), ckpt)
+    ckpt56 = root / "resnet56.pt"
+    torch.save(build_model("resnet56", num_classes=10, in_channels=1, weights="random").model.state_dict(), ckpt56)
+    garbage = root / "garbage.pt"
+    garbage.write_bytes(b"\x00\x13not a checkpoint\xff" * 100)
+    mods = root / "usermods"
+    mods.mkdir()
+    (mods / "autoprune_untraceable_net.py").write_text(textwrap.dedent("""
+        import torch
+        from torch import nn
+
+
+        class Net(nn.Module):
+            def __init__(self, num_classes=10, in_channels=1):
+                super().__init__()
+                self.conv1 = nn.Conv2d(in_channels, 8, 3, padding=1)
+                self.conv2 = nn.Conv2d(8, 16, 3, padding=1)
+                self.conv3 = nn.Conv2d(16, 16, 3, padding=1)
+                self.fc = nn.Linear(16, num_classes)
+
+            def forward(self, x):
+                x = torch.relu(self.conv2(torch.relu(self.conv1(x))))
+                # leaves autograd through numpy: fine in inference, nothing for a tracer to follow
+                x = torch.from_numpy(x.numpy())
+                return self.fc(torch.relu(self.conv3(x)).mean((2, 3)))
+
+
+        def factory(num_classes, in_channels):
+            return Net(num_classes, in_channels)
+    """))
+    return {"root": root, "data": f"fashion-mnist:{data}", "ckpt": ckpt, "ckpt56": ckpt56,
+            "garbage": garbage, "mods": mods}
+
+
+def _search_args(env, out: Path, *extra: str) -> list[str]:
+    return ["search", "resnet20", "--budget", "50%FLOPs", "--weights", str(env["ckpt"]), "--evals", "3",
+            "--heldout", "300", "--calib-batches", "2", "--data", env["data"], "--out", str(out), *extra]
+
+
+def _invoke(*args: str):
+    result = CliRunner().invoke(app, list(args))
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result
+
+
+def _main(args: list[str], capsys, monkeypatch) -> tuple[int, str, str]:
+    """The console script's entry point, in process: (exit code, stdout, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["autoprune", *args])
+    capsys.readouterr()
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _assert_one_line_error(code: int, err: str, out: Path | None, *words: str) -> None:
+    assert "Traceback" not in err, err
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines, "no message on stderr"
+    assert lines[-1].startswith("error:"), err
+    for w in words:
+        assert w in lines[-1], (w, lines[-1])
+    if out is not None:
+        assert not out.exists(), f"{out} was created"
+    assert len(lines) == 1, f"expected one line on stderr, got:\n{err}"
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[int, str, int]]:
+    return {str(p.relative_to(folder)): (p.stat().st_size, hashlib.sha1(p.read_bytes()).hexdigest(),
+                                         p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def run(env):
+    out = env["root"] / "runs" / "run"
+    result = _invoke(*_search_args(env, out))
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_search_writes_policy_and_exports(run, env):
+    policy = json.loads((run / "policy.json").read_text())
+    for key in ("ratios", "macs", "base_macs", "params", "base_params", "heldout_accuracy",
+                "base_heldout_accuracy", "test_accuracy", "base_test_accuracy", "agent", "seed", "evaluations"):
+        assert key in policy, key
+    assert policy["agent"] == "random" and policy["seed"] == 0 and policy["model"] == "resnet20"
+    assert policy["evaluations"] == 3 and policy["cached_evaluations"] == 0
+    assert policy["weights"] == str(env["ckpt"])
+    assert 0.495 * policy["base_macs"] <= policy["macs"] <= 0.5 * policy["base_macs"]
+    assert policy["params"] < policy["base_params"]
+    for key in ("heldout_accuracy", "base_heldout_accuracy", "test_accuracy", "base_test_accuracy"):
+        assert 0.0 <= policy[key] <= 1.0
+    assert policy["heldout_images"] == 300
+    ratios = policy["ratios"]
+    assert ratios and all(0.0 <= r <= 0.8 for r in ratios.values())
+    assert set(ratios) == set(policy["kept_channels"])
+    assert "conv1" not in ratios and "fc" not in ratios
+    for name in ("nni_config_list.json", "tp_pruning_ratio_dict.json", "pruned.pt", "study.db"):
+        assert (run / name).is_file(), name
+    pruned = torch.load(run / "pruned.pt", weights_only=False)
+    macs, params = tp.utils.count_ops_and_params(pruned, torch.randn(1, 1, 28, 28))
+    assert macs == policy["macs"] and params == policy["params"]
+    tp_dict = json.loads((run / "tp_pruning_ratio_dict.json").read_text())
+    assert set(tp_dict) <= set(ratios) and tp_dict
+
+
+def test_rerun_without_resume_is_refused_by_console_script(run, env):
+    before = _snapshot(run)
+    script = shutil.which("autoprune", path=str(Path(sys.executable).parent)) or "autoprune"
+    environ = {**os.environ, "OMP_NUM_THREADS": "1",
+               "PYTHONPATH": os.pathsep.join(filter(None, [str(env["mods"]), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([script, *_search_args(env, run)], capture_output=True, text=True, env=environ,
+                          timeout=300)
+    _assert_one_line_error(proc.returncode, proc.stderr, None, "--resume")
+    assert _snapshot(run) == before
+
+
+def test_resume_reuses_every_evaluation(run, env):
+    # a copy under the same folder name (the study is named after it), so the original stays as it was
+    copy = env["root"] / "resumed" / run.name
+    shutil.copytree(run, copy)
+    first = json.loads((run / "policy.json").read_text())
+    result = _invoke(*_search_args(env, copy, "--resume"))
+    assert result.exit_code == 0, result.output
+    policy = json.loads((copy / "policy.json").read_text())
+    assert policy["evaluations"] == 3 and policy["cached_evaluations"] == 3
+    assert policy["ratios"] == first["ratios"]
+    assert policy["heldout_accuracy"] == first["heldout_accuracy"]
+    assert policy["macs"] == first["macs"]
+
+
+def test_apply_rebuilds_the_pruned_model(run, env):
+    out = env["root"] / "applied" / "p.pt"
+    result = _invoke("apply", str(run / "policy.json"), "--out", str(out))
+    assert result.exit_code == 0, result.output
+    policy = json.loads((run / "policy.json").read_text())
+    rebuilt = torch.load(out, weights_only=False)
+    macs, params = tp.utils.count_ops_and_params(rebuilt, torch.randn(1, 1, 28, 28))
+    assert macs == policy["macs"] and params == policy["params"]
+    # same base weights, criterion and calibration batches: the very model the search wrote
+    searched = torch.load(run / "pruned.pt", weights_only=False)
+    a, b = rebuilt.state_dict(), searched.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        if k.endswith("weight") and a[k].dim() == 4:
+            assert torch.equal(a[k], b[k]), k
+    x = torch.randn(4, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.allclose(rebuilt.eval()(x), searched.eval()(x), atol=1e-4)
+    # and refuses to overwrite
+    again = CliRunner().invoke(app, ["apply", str(run / "policy.json"), "--out", str(out)])
+    assert again.exit_code != 0
+
+
+@pytest.mark.parametrize("case", [
+    "unknown-model", "unknown-dataset", "unknown-agent", "malformed-budget", "infeasible-budget",
+    "missing-data-dir", "unreadable-checkpoint", "mismatched-checkpoint", "untraceable-model",
+    "missing-weights-path-with-brackets",
+])
+def test_bad_input_exits_2_with_one_line(case, env, tmp_path, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(env["mods"]))
+    out = tmp_path / "run"
+    base = ["--evals", "1", "--heldout", "300", "--calib-batches", "1", "--out", str(out)]
+    data = ["--data", env["data"]]
+    cases = {
+        "unknown-model": (["search", "nosuchnet", "--budget", "50%FLOPs", "--weights", "random", *data],
+                          ["unknown model", "nosuchnet"]),
+        "unknown-dataset": (["search", "resnet20", "--budget", "50%FLOPs", "--weights", "random",
+                             "--data", "nosuchdata"], ["unknown dataset", "nosuchdata"]),
+        "unknown-agent": (["search", "resnet20", "--budget", "50%FLOPs", "--weights", "random", "--agent",
+                           "nosuchagent", *data], ["unknown agent", "nosuchagent"]),
+        "malformed-budget": (["search", "resnet20", "--budget", "50%FLOPZ", "--weights", "random", *data],
+                             ["malformed budget", "50%FLOPZ"]),
+        "infeasible-budget": (["search", "resnet20", "--budget", "1%FLOPs", "--weights", "random", *data],
+                              ["infeasible", "smallest reachable"]),
+        "missing-data-dir": (["search", "resnet20", "--budget", "50%FLOPs", "--weights", "random",
+                              "--data", "imagenet:/nonexistent"], ["/nonexistent"]),
+        "unreadable-checkpoint": (["search", "resnet20", "--budget", "50%FLOPs", "--weights",
+                                   str(env["garbage"]), *data], ["cannot read checkpoint"]),
+        "mismatched-checkpoint": (["search", "resnet20", "--budget", "50%FLOPs", "--weights",
+                                   str(env["ckpt56"]), *data], ["does not match"]),
+        "untraceable-model": (["search", "autoprune_untraceable_net:factory", "--budget", "50%FLOPs",
+                               "--weights", "random", *data], ["cannot trace"]),
+        "missing-weights-path-with-brackets": (
+            ["search", "resnet20", "--budget", "50%FLOPs", "--weights", str(tmp_path / "[/x]" / "w.pt"), *data],
+            ["weights file not found", "[/x]"]),
+    }
+    args, words = cases[case]
+    code, _, err = _main(args + base, capsys, monkeypatch)
+    _assert_one_line_error(code, err, out, *words)
+
+
+def test_listings():
+    models = _invoke("models")
+    assert models.exit_code == 0
+    names = {line.split()[0] for line in models.output.splitlines() if line.strip()}
+    assert {"resnet20", "resnet56", "vgg11", "mobilenetv2", "resnet18", "mobilenet_v2"} <= names
+    datasets = _invoke("datasets")
+    assert datasets.exit_code == 0
+    assert {"fashion-mnist", "cifar10", "imagenet:PATH"} <= {line.split()[0] for line in datasets.output.splitlines()}
+    agents = _invoke("agents")
+    assert agents.exit_code == 0
+    assert {"random", "uniform", "global"} <= {line.split()[0] for line in agents.output.splitlines()}
+
+
+def test_search_help_lists_options():
+    result = _invoke("search", "--help")
+    assert result.exit_code == 0
+    for option in ("--budget", "--agent", "--evals", "--resume", "--storage", "--weights", "--data", "--out"):
+        assert option in result.output, option
