@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import importlib
+import logging
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -18,6 +19,8 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from autoprune.errors import UserError
+
+log = logging.getLogger(__name__)
 
 FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
 FASHION_MEAN, FASHION_STD = 0.2860, 0.3530
@@ -77,15 +80,14 @@ class DataBundle:
                        test=rep(self.test))
 
 
-def load_data(spec: str, *, heldout_size: int = 5000, split_seed: int = 0,
-              download: bool = False) -> DataBundle:
+def load_data(spec: str, *, heldout_size: int = 5000, split_seed: int = 0) -> DataBundle:
     """Parse a dataset spec (see DATASETS) and carve the held-out split from its training set."""
     kind, _, arg = spec.partition(":")
     if kind == "fashion-mnist":
         train, test = _fashion_mnist(arg or None)
         return _carve(spec, 10, train, test, heldout_size, split_seed)
     if kind in ("cifar10", "cifar100"):
-        train, test = _cifar(kind, arg or os.environ.get("AUTOPRUNE_DATA", "~/.cache/autoprune"), download)
+        train, test = _cifar(kind, arg or os.environ.get("AUTOPRUNE_DATA", "~/.cache/autoprune"))
         return _carve(spec, 10 if kind == "cifar10" else 100, train, test, heldout_size, split_seed)
     if kind in ("imagenet", "folder"):
         if not arg:
@@ -115,26 +117,40 @@ def _read_idx(path: Path) -> np.ndarray:
 
 
 def _fashion_mnist(root: str | None) -> tuple[TensorSplit, TensorSplit]:
+    """Debian's files (or ROOT, or ROOT/FashionMNIST/raw); downloaded with torchvision as a last resort."""
     candidates = [Path(root).expanduser()] if root else [Path(p) for p in FASHION_MNIST_DIRS]
-    if root:  # a torchvision root keeps the files under FashionMNIST/raw
-        candidates.append(Path(root).expanduser() / "FashionMNIST" / "raw")
-    for d in candidates:
-        if (d / "train-images-idx3-ubyte.gz").exists():
-            break
-    else:
+    cache = Path(root).expanduser() if root else Path(os.environ.get("AUTOPRUNE_DATA", "~/.cache/autoprune")).expanduser()
+    candidates.append(cache / "FashionMNIST" / "raw")
+    found = next((d for d in candidates if (d / "train-images-idx3-ubyte.gz").exists()), None)
+    if found is None and not (root and not Path(root).expanduser().exists()):
+        found = _download_fashion_mnist(cache)
+    if found is None:
         where = root or FASHION_MNIST_DIRS[0]
         raise UserError(f"Fashion-MNIST not found in {where}: `apt-get install -y dataset-fashion-mnist` "
                         "or pass --data fashion-mnist:ROOT")
 
     def split(prefix: str) -> TensorSplit:
-        x = torch.from_numpy(_read_idx(d / f"{prefix}-images-idx3-ubyte.gz").copy()).float().div_(255)
-        y = torch.from_numpy(_read_idx(d / f"{prefix}-labels-idx1-ubyte.gz").astype(np.int64))
+        x = torch.from_numpy(_read_idx(found / f"{prefix}-images-idx3-ubyte.gz").copy()).float().div_(255)
+        y = torch.from_numpy(_read_idx(found / f"{prefix}-labels-idx1-ubyte.gz").astype(np.int64))
         return TensorSplit(((x - FASHION_MEAN) / FASHION_STD).unsqueeze(1), y)
 
     return split("train"), split("t10k")
 
 
-def _cifar(kind: str, root: str, download: bool) -> tuple[TensorSplit, TensorSplit]:
+def _download_fashion_mnist(root: Path) -> Path | None:
+    import torchvision
+
+    try:
+        torchvision.datasets.FashionMNIST(str(root), train=True, download=True)
+        torchvision.datasets.FashionMNIST(str(root), train=False, download=True)
+    except Exception as exc:  # offline: any network error
+        log.info("Fashion-MNIST download failed: %s", str(exc).splitlines()[0] if str(exc) else exc)
+        return None
+    raw = root / "FashionMNIST" / "raw"
+    return raw if (raw / "train-images-idx3-ubyte.gz").exists() else None
+
+
+def _cifar(kind: str, root: str) -> tuple[TensorSplit, TensorSplit]:
     import torchvision
 
     cls = torchvision.datasets.CIFAR10 if kind == "cifar10" else torchvision.datasets.CIFAR100
@@ -142,9 +158,14 @@ def _cifar(kind: str, root: str, download: bool) -> tuple[TensorSplit, TensorSpl
     out = []
     for train in (True, False):
         try:
-            ds = cls(str(Path(root).expanduser()), train=train, download=download)
-        except RuntimeError as exc:
-            raise UserError(f"{kind} not found under {root} ({exc}); pass --download or {kind}:ROOT") from None
+            ds = cls(str(Path(root).expanduser()), train=train, download=False)
+        except RuntimeError:
+            try:  # not on disk: torchvision downloads it when this machine is online
+                ds = cls(str(Path(root).expanduser()), train=train, download=True)
+            except Exception as exc:
+                raise UserError(f"{kind} not found under {root} and could not be downloaded "
+                                f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
+                                f"pass --data {kind}:ROOT") from None
         x = torch.from_numpy(ds.data).permute(0, 3, 1, 2).float().div_(255)
         out.append(TensorSplit((x - mean) / std, torch.tensor(ds.targets)))
     return out[0], out[1]

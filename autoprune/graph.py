@@ -209,9 +209,8 @@ def build_graph(model: nn.Module, input_shape: tuple[int, ...], *, model_id: str
     # dim(kept) = base + mult @ (kept - n)  ->  factor rows [mult | base - mult @ n]
     factors = np.concatenate([mult, (base - mult @ n)[:, None]], axis=1)
     factors = np.concatenate([factors, np.eye(1, len(groups) + 1, len(groups))], axis=0)  # constant 1
-    one = len(factors) - 1
 
-    macs_terms, params_terms, layer_rows = _cost_terms(calls, base_dims, model, mult, one)
+    macs_terms, params_terms = _cost_terms(calls, base_dims, model, mult)
     macs_poly = _poly(factors, macs_terms)
     params_poly = _poly(factors, params_terms)
     full = n.copy()
@@ -241,7 +240,7 @@ def _stride(m: nn.Module) -> int:
     return int(m.stride[0]) if isinstance(m, CONV_TYPES) else 1
 
 
-def _cost_terms(calls: list[tuple], dims: list[int], model: nn.Module, mult: np.ndarray, one: int):
+def _cost_terms(calls: list[tuple], dims: list[int], model: nn.Module, mult: np.ndarray) -> tuple[list, list]:
     """Terms (coef, [dim positions], owner) following torch_pruning's op counter, batch size 1."""
     varying = np.abs(mult).sum(axis=1) > 0
 
@@ -283,9 +282,8 @@ def _cost_terms(calls: list[tuple], dims: list[int], model: nn.Module, mult: np.
         ppos = list(range(pos, pos + p.dim()))
         pos += p.dim()
         params.append(term(1.0, ppos, pname.rsplit(".", 1)[0]))
-    assert pos == len(dims)
-    # positions of dims are rows of `factors` (same order)
-    return macs, params, None
+    assert pos == len(dims)  # positions of dims are the rows of `factors` (same order)
+    return macs, params
 
 
 def _poly(factors: np.ndarray, terms: list[tuple]) -> CostPolynomial:
