@@ -26,7 +26,14 @@ REGISTRY: dict[str, tuple[str, str, str]] = {
                 "one ratio for every group, bisected to the budget"),
     "global": ("autoprune.agents.baselines", "GlobalSearch",
                "Torch-Pruning's global magnitude ranking, bisected to the budget"),
+    "ddpg": ("autoprune.agents.ddpg", "DDPGSearch",
+             "AMC: DDPG (stable-baselines3) picks each group's ratio in turn, budget by action clipping"),
+    "sb3:td3": ("autoprune.agents.ddpg", "SB3Search", "stable-baselines3 TD3 on AMC's layer-by-layer env"),
+    "sb3:sac": ("autoprune.agents.ddpg", "SB3Search", "stable-baselines3 SAC on AMC's layer-by-layer env"),
+    "sb3:ppo": ("autoprune.agents.ddpg", "SB3Search", "stable-baselines3 PPO on AMC's layer-by-layer env"),
 }
+# fixed constructor arguments of a registered name (one class serves several names)
+PRESETS: dict[str, dict] = {f"sb3:{algo}": {"algo": algo} for algo in ("td3", "sac", "ppo")}
 DEFAULT_AGENT = "random"
 
 
@@ -38,4 +45,4 @@ def build(name: str, **kwargs) -> Searcher:
     if name not in REGISTRY:
         raise UserError(f"unknown agent '{name}': one of {', '.join(REGISTRY)}")
     module, cls, _ = REGISTRY[name]
-    return getattr(importlib.import_module(module), cls)(**kwargs)
+    return getattr(importlib.import_module(module), cls)(**{**PRESETS.get(name, {}), **kwargs})

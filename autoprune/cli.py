@@ -75,10 +75,11 @@ def search(
     budget: BudgetOpt = [],  # noqa: B006 - typer needs a list default
     data: DataOpt = "fashion-mnist",
     weights: WeightsOpt = None,
-    agent: Annotated[str, typer.Option(help="Searcher: random (EagleEye, default), uniform, global; "
-                                       "see `autoprune agents`.")] = "random",
+    agent: Annotated[str, typer.Option(help="Searcher: random (EagleEye, default), uniform, global, "
+                                       "ddpg (AMC), sb3:td3, sb3:sac, sb3:ppo; see `autoprune agents`.")] = "random",
     evals: Annotated[int | None, typer.Option(help="Evaluations (candidates scored). Default: the agent's "
-                                              "(random 60, uniform/global 1).")] = None,
+                                              "(random 60, uniform/global 1, ddpg/sb3 300); "
+                                              "for ddpg/sb3 one evaluation is one episode.")] = None,
     seed: SeedOpt = 0,
     out: Annotated[Path | None, typer.Option(help="Run folder (must be new unless --resume). "
                                              "Default runs/MODEL-AGENT-sSEED-TIME.")] = None,
@@ -159,6 +160,7 @@ def finetune(
     run: Annotated[Path, typer.Argument(help="Run folder of `autoprune search` (holds policy.json).")],
     epochs: Annotated[int, typer.Option(help="Fine-tuning epochs (cosine LR).")] = 3,
     lr: Annotated[float, typer.Option(help="Starting learning rate.")] = 0.01,
+    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 128,
     device: DeviceOpt = "auto",
 ) -> None:
     """Fine-tune a search's pruned model on the training split; reports test accuracy before/after."""
@@ -166,7 +168,7 @@ def finetune(
 
     if not (run / "policy.json").exists():
         raise UserError(f"{run} is not a run folder (no policy.json)")
-    result = finetune_run(run, epochs, lr=lr, device=device, on_epoch=lambda e, row: console.print(
+    result = finetune_run(run, epochs, lr=lr, batch_size=batch_size, device=device, on_epoch=lambda e, row: console.print(
         f"epoch {row['epoch']}/{epochs}: loss {row['loss']:.4f}, held-out {row['heldout_accuracy']:.4f}"))
     console.print(f"test accuracy {result['test_accuracy_before_finetune']:.4f} -> "
                   f"{result['finetuned_test_accuracy']:.4f}; wrote {run / 'finetuned.pt'}")

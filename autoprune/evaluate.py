@@ -91,12 +91,27 @@ def _accuracy(model: nn.Module, split: Dataset, device: torch.device, batch_size
     return out
 
 
+def as_tensors(split: Dataset, max_bytes: float = 4e9) -> Dataset:
+    """Decode and preprocess a split once and keep it as tensors, when it fits in `max_bytes`.
+
+    Every candidate is scored on the same held-out images: decoding JPEGs for each evaluation
+    would cost more than the forward passes on small nets.
+    """
+    if isinstance(split, TensorSplit) or len(split) == 0:
+        return split
+    x0, _ = split[0]
+    if x0.numel() * x0.element_size() * len(split) > max_bytes:
+        return split
+    xs, ys = zip(*(batch for batch in batches(split, 256)))
+    return TensorSplit(torch.cat(xs), torch.cat([torch.as_tensor(y) for y in ys]))
+
+
 class Evaluator:
     """Adaptive BN on fixed calibration batches, then accuracy on the held-out split."""
 
     def __init__(self, train: Dataset, heldout: Dataset, device: torch.device, *, calib_batches: int = 20,
                  calib_batch_size: int = 64, seed: int = 0) -> None:
-        self.heldout, self.device = heldout, device
+        self.heldout, self.device = as_tensors(heldout), device
         self.calib = calibration_batches(train, calib_batches, calib_batch_size, seed)
 
     def __call__(self, model: nn.Module, split: Dataset | None = None, recalibrate: bool = True) -> dict:

@@ -31,7 +31,8 @@ from autoprune.zoo import ModelBundle, build_model
 
 log = logging.getLogger(__name__)
 
-DEFAULT_EVALS = {"random": 60, "uniform": 1, "global": 1}
+DEFAULT_EVALS = {"random": 60, "uniform": 1, "global": 1, "ddpg": 300,
+                 "sb3:td3": 300, "sb3:sac": 300, "sb3:ppo": 300}
 
 
 @dataclass

@@ -22,6 +22,7 @@ import torch_pruning as tp
 from typer.testing import CliRunner
 
 from autoprune.cli import app, main
+from autoprune.data import _read_idx
 from autoprune.zoo import build_model
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -29,14 +30,6 @@ N_TRAIN, N_TEST = 2000, 500
 
 pytestmark = pytest.mark.skipif(not (FASHION / "train-images-idx3-ubyte.gz").exists(),
                                 reason="Fashion-MNIST is not installed in /usr/share/datasets/fashion-mnist")
-
-
-def _read_idx(path: Path) -> np.ndarray:
-    with gzip.open(path, "rb") as f:
-        data = f.read()
-    ndim = data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
 def _write_idx(path: Path, arr: np.ndarray) -> None:
@@ -273,3 +266,27 @@ def test_search_help_lists_options():
     assert result.exit_code == 0
     for option in ("--budget", "--agent", "--evals", "--resume", "--storage", "--weights", "--data", "--out"):
         assert option in result.output, option
+
+
+def test_finetune_raises_test_accuracy(run, env, tmp_path):
+    """A pruned random-init net learns from the training split; policy.json records before/after."""
+    folder = tmp_path / run.name
+    shutil.copytree(run, folder)
+    result = _invoke("finetune", str(folder), "--epochs", "2", "--lr", "0.05", "--batch-size", "32")
+    assert result.exit_code == 0, result.output
+    meta = json.loads((folder / "policy.json").read_text())
+    assert meta["finetuned_test_accuracy"] > meta["test_accuracy_before_finetune"] + 0.2
+    assert (folder / "finetuned.pt").exists()
+
+
+def test_train_writes_weights_and_model_card(env, tmp_path):
+    out = tmp_path / "w" / "resnet20-tiny.pt"
+    result = _invoke("train", "resnet20", "--data", env["data"], "--epochs", "2", "--heldout", "300",
+                     "--batch-size", "32", "--lr", "0.05", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["train_images"] == N_TRAIN - 300 and card["heldout_images"] == 300
+    assert card["test_accuracy"] > 0.5 and "autoprune train resnet20" in card["recipe"]
+    assert out.with_suffix(".md").exists()
+    model = build_model("resnet20", num_classes=10, in_channels=1, weights=str(out)).model
+    assert sum(p.numel() for p in model.parameters()) == 272186
