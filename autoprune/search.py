@@ -190,7 +190,8 @@ def execute_search(out: Path, setup: Setup, *, on_result: Callable[[EvalResult, 
         "evaluations": problem.n_evals, "cached_evaluations": sum(r.cached for r in problem.results),
         "best_evaluation": best.index, "search_seconds": round(search_seconds, 2),
         "overhead_share": round(problem.overhead_share(), 4),
-        "heldout_images": len(setup.data.heldout), "calib_batches": cfg.calib_batches, "storage": storage if cfg.storage else "study.db",
+        "heldout_images": len(setup.data.heldout), "calib_batches": cfg.calib_batches,
+        "storage": _public_url(storage) if cfg.storage else "study.db",
     }
     if problem.space.kind == "channel":
         summary["kept_channels"] = {n: int(k) for n, k in zip(problem.space.names, problem.space.kept(best.ratios))}
@@ -212,8 +213,19 @@ def execute_search(out: Path, setup: Setup, *, on_result: Callable[[EvalResult, 
 
         stage(f"fine-tuning for {cfg.finetune_epochs} epochs")
         summary.update(finetune_run(out, cfg.finetune_epochs, device=cfg.device))
-    summary["files"] = {k: str(v) for k, v in {"policy": out / "policy.json", "study": storage, **files}.items()}
+    summary["files"] = {k: str(v) for k, v in {"policy": out / "policy.json", "study": _public_url(storage),
+                                               **files}.items()}
     return summary
+
+
+def _public_url(url: str) -> str:
+    """The storage URL without its password, fit for a results file."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a SQLAlchemy URL: Optuna would have refused it already
+        return url
 
 
 def _jsonable(obj):
