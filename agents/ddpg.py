@@ -26,8 +26,6 @@ latency would cost more than it saves and the results stay bit-reproducible.
 from __future__ import annotations
 
 import logging
-from typing import Any
-
 import numpy as np
 import torch as th
 from stable_baselines3 import DDPG, PPO, SAC, TD3
@@ -37,7 +35,7 @@ from stable_baselines3.common.noise import ActionNoise, NormalActionNoise
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from stable_baselines3.common.utils import update_learning_rate
 
-from autoprune.envs.layerwise import DEFAULT_REWARD, LayerPruningEnv
+from autoprune.envs.layerwise import DEFAULT_REWARD, LayerPruningEnv, RewardFn
 
 log = logging.getLogger(__name__)
 
@@ -159,10 +157,11 @@ class DDPGSearch:
     def __init__(self, *, warmup_episodes: int = 100, hidden: tuple[int, ...] = (300, 300),
                  actor_lr: float = 1e-4, critic_lr: float = 1e-3, tau: float = 0.01, batch_size: int = 64,
                  gamma: float = 1.0, sigma: float = 0.5, sigma_decay: float = 0.95, baseline_alpha: float = 0.5,
-                 buffer_episodes: int | None = None, reward: str | Any = DEFAULT_REWARD,
+                 buffer_episodes: int = 100, reward: str | RewardFn = DEFAULT_REWARD,
                  fill_slack: bool = True, device: str = "cpu") -> None:
         self.warmup_episodes, self.hidden = warmup_episodes, list(hidden)
-        self.actor_lr, self.critic_lr, self.tau, self.batch_size, self.gamma = actor_lr, critic_lr, tau, batch_size, gamma
+        self.actor_lr, self.critic_lr, self.tau = actor_lr, critic_lr, tau
+        self.batch_size, self.gamma = batch_size, gamma
         self.sigma, self.sigma_decay, self.baseline_alpha = sigma, sigma_decay, baseline_alpha
         self.buffer_episodes, self.reward, self.fill_slack, self.device = buffer_episodes, reward, fill_slack, device
         self.model: AMCDDPG | None = None  # kept for inspection after a search
@@ -175,8 +174,7 @@ class DDPGSearch:
         n = env.n_steps
         noise = TruncatedNormalNoise(self.sigma, seed=seed)
         warmup = self.warmup_episodes * n
-        # AMC keeps the last 100 episodes by default; all of them when the search is shorter
-        buffer = (self.buffer_episodes or max(100, episodes)) * n + 1
+        buffer = self.buffer_episodes * n + 1  # AMC's replay memory: the last 100 episodes' transitions
         self.model = AMCDDPG(
             "MlpPolicy", env, learning_rate=self.critic_lr, actor_learning_rate=self.actor_lr,
             buffer_size=buffer, learning_starts=warmup, batch_size=self.batch_size, tau=self.tau,
@@ -184,8 +182,8 @@ class DDPGSearch:
             replay_buffer_class=EpisodeRewardBuffer, replay_buffer_kwargs={"baseline_alpha": self.baseline_alpha},
             policy_kwargs={"net_arch": {"pi": self.hidden, "qf": self.hidden}}, seed=seed, device=self.device)
         log.info("ddpg: %d episodes of %d steps, %d warm-up", episodes, n, min(episodes, self.warmup_episodes))
-        self.model.learn(total_timesteps=episodes * n,
-                         callback=[NoiseDecay(noise, self.sigma_decay, warmup), StopAtEvals(problem, n_evals)])
+        # exactly `episodes` episodes (off-policy learn stops at total_timesteps, no rollout overshoot)
+        self.model.learn(total_timesteps=episodes * n, callback=NoiseDecay(noise, self.sigma_decay, warmup))
 
 
 ALGOS = {"td3": TD3, "sac": SAC, "ppo": PPO}
@@ -201,11 +199,12 @@ class SB3Search:
     300-episode search only a few times). `algo_kwargs` override any of them.
     """
 
-    def __init__(self, algo: str = "ppo", *, reward: str | Any = DEFAULT_REWARD, fill_slack: bool = True,
+    def __init__(self, algo: str = "ppo", *, reward: str | RewardFn = DEFAULT_REWARD, fill_slack: bool = True,
                  device: str = "cpu", **algo_kwargs) -> None:
         if algo not in ALGOS:
             raise ValueError(f"unknown SB3 algorithm '{algo}': one of {', '.join(ALGOS)}")
-        self.algo, self.reward, self.fill_slack, self.device, self.algo_kwargs = algo, reward, fill_slack, device, algo_kwargs
+        self.algo, self.reward, self.fill_slack, self.device = algo, reward, fill_slack, device
+        self.algo_kwargs = algo_kwargs
         self.name = f"sb3:{algo}"
         self.model = None
 

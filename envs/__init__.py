@@ -2,6 +2,10 @@
 
     import gymnasium, autoprune.envs
     env = gymnasium.make("autoprune/LayerPruning-v0", problem=problem)
+
+The env holds the problem by reference (its evaluations land in the problem's study). Gymnasium's
+wrappers deep-copy their spec, kwargs included, whenever `env.spec` is read: read
+`env.unwrapped.spec` instead, or build `LayerPruningEnv(problem)` directly (as the agents do).
 """
 from __future__ import annotations
 

@@ -11,7 +11,8 @@ meet *every* budget. Step 0 is feasible because `BudgetSet.check_feasible` refus
 the all-max policy; each clipped step keeps that invariant, so no episode is ever wasted on an
 over-budget policy. AMC leaves any slack unspent; here the last group (by default) takes the
 smallest ratio that still meets the budgets, so policies land near the target like the other
-searchers' (`fill_slack=False` gives AMC's behaviour).
+searchers' as far as that one group's range allows (`fill_slack=False` gives AMC's behaviour;
+with it on, the last action is ignored).
 
 Cost of a step: one cost-model call for the feasibility of the action, one MACs call for the
 "reduced" feature, and, only when the action must be clipped, a binary search over the group's
@@ -51,23 +52,24 @@ def reward_function(reward: str | RewardFn) -> RewardFn:
     return REWARDS[reward]
 
 
-def _table(space) -> np.ndarray:
-    """Static per-step features (index .. macs) of the space's groups or layers, in its order."""
+def _rows(space) -> list[tuple]:
+    """(kind, c_in, c_out, stride, kernel, out h*w, MACs) per step: groups, or layers by name."""
     graph = space.graph
     if getattr(space, "kind", "channel") == "channel":
-        rows = [(g.kind, g.in_channels, g.channels, g.stride, g.kernel, g.out_hw, g.macs) for g in graph.groups]
-    else:  # one step per layer, addressed by name
-        layers = {lay.name: lay for lay in graph.layers}
-        rows = [(lay.kind, lay.in_channels, lay.out_channels, lay.stride, lay.kernel, lay.out_hw, lay.macs)
-                for lay in (layers[n] for n in space.names)]
-    n = len(rows)
+        return [(g.kind, g.in_channels, g.channels, g.stride, g.kernel, g.out_hw, g.macs) for g in graph.groups]
+    layers = {lay.name: lay for lay in graph.layers}  # unstructured: one step per layer
+    return [(lay.kind, lay.in_channels, lay.out_channels, lay.stride, lay.kernel, lay.out_hw, lay.macs)
+            for lay in (layers[n] for n in space.names)]
+
+
+def _table(rows: list[tuple]) -> np.ndarray:
+    """Static features (index .. macs) per step, min-max normalised over the steps, as AMC does."""
     table = np.array([(i, KINDS.index(k) if k in KINDS else len(KINDS), *rest)
                       for i, (k, *rest) in enumerate(rows)], dtype=np.float64)
-    table[:, 1] = table[:, 1] / len(KINDS)  # fixed scale: a net without linear groups keeps its codes
+    table[:, 1] = table[:, 1] / len(KINDS)  # a fixed code per kind, whichever kinds the net has
     for j in (0, *range(2, table.shape[1])):
         lo, hi = table[:, j].min(), table[:, j].max()
         table[:, j] = (table[:, j] - lo) / (hi - lo) if hi > lo else 0.0
-    assert table.shape == (n, 8)
     return table
 
 
@@ -101,8 +103,9 @@ class LayerPruningEnv(gym.Env):
         self.fill_slack = fill_slack
         self.n_steps = int(self.space.size)
         self.max_ratios = np.asarray(self.space.max_ratios, dtype=np.float64)
-        self.static = _table(self.space)
-        group_macs = self._group_macs()
+        rows = _rows(self.space)
+        self.static = _table(rows)
+        group_macs = np.array([row[-1] for row in rows], dtype=np.float64)
         total = group_macs.sum()
         # share of all group MACs that belongs to the groups after step t (AMC's "rest")
         self.rest = (total - np.cumsum(group_macs)) / total if total > 0 else np.zeros(self.n_steps)
@@ -114,13 +117,6 @@ class LayerPruningEnv(gym.Env):
         self._t = 0
         self._ratios = self.max_ratios.copy()
         self._prev = 0.0
-
-    def _group_macs(self) -> np.ndarray:
-        graph = self.space.graph
-        if getattr(self.space, "kind", "channel") == "channel":
-            return np.array([g.macs for g in graph.groups], dtype=np.float64)
-        layers = {lay.name: lay.macs for lay in graph.layers}
-        return np.array([layers[n] for n in self.space.names], dtype=np.float64)
 
     # -- budget -------------------------------------------------------------------------------
     def _feasible(self, ratios: np.ndarray) -> bool:
