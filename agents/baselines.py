@@ -44,10 +44,8 @@ class GlobalSearch:
 
     name = "global"
 
-    def __init__(self, importance: str = "l1") -> None:
-        self.p = 1 if importance == "l1" else 2
-
     def search(self, problem, n_evals: int, *, seed: int) -> None:
+        p = 1 if problem.criterion == "l1" else 2  # Torch-Pruning's magnitude ranking with the run's norm
         graph, space = problem.space.graph, problem.space
         example = torch.randn(1, *graph.input_shape)
         names = graph.group_names()
@@ -56,7 +54,7 @@ class GlobalSearch:
             model = copy.deepcopy(problem.model).cpu().eval()
             modules = dict(model.named_modules())
             pruner = tp.pruner.MetaPruner(
-                model, example, importance=tp.importance.GroupMagnitudeImportance(p=self.p),
+                model, example, importance=tp.importance.GroupMagnitudeImportance(p=p),
                 global_pruning=True, pruning_ratio=r, max_pruning_ratio=float(space.max_ratio),
                 ignored_layers=[modules[n] for n in graph.ignored])
             pruner.step()

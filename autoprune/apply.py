@@ -55,7 +55,7 @@ def load_run_model(policy_path: Path, *, weights: str | None = None, data: str |
     kept = meta.get("kept_channels")
     kept_vec = (torch.tensor([kept[g.name] for g in graph.groups]).double().numpy() if kept
                 else space.kept(ratios))
-    pruned = apply_policy(bundle.model, graph, kept_vec, criterion=meta.get("criterion", "l1"), seed=meta.get("seed", 0))
+    pruned = apply_policy(bundle.model, graph, kept_vec, criterion=meta.get("criterion", "l2"), seed=meta.get("seed", 0))
     if recalibrate:
         dev = resolve_device(device)
         calib = calibration_batches(data_bundle.train, meta.get("calib_batches", 20), 64, meta.get("seed", 0))

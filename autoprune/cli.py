@@ -92,7 +92,7 @@ def search(
     max_ratio: Annotated[float, typer.Option(help="Largest prune ratio of any one group.")] = 0.8,
     round_to: Annotated[int | None, typer.Option(help="Round kept channels to a multiple of this. Default auto: "
                                                  "per group the largest of 8/4/2/1 leaving >= 32 choices.")] = None,
-    criterion: Annotated[str, typer.Option(help="Which channels go: l1, l2, bn-scale, lamp, fpgm, random.")] = "l1",
+    criterion: Annotated[str, typer.Option(help="Which channels go: l2 (Torch-Pruning's default magnitude), l1, bn-scale, lamp, fpgm, random.")] = "l2",
     heldout: HeldoutOpt = 5000,
     calib_batches: Annotated[int, typer.Option(help="Training batches (64 images) for BN recalibration.")] = 20,
     ignore: Annotated[list[str], typer.Option(help="Module name never to prune (repeatable); stem and "

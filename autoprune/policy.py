@@ -85,7 +85,7 @@ class Policy:
         return cls(ratios, data)
 
 
-def apply_policy(model: nn.Module, graph: PruningGraph, kept: np.ndarray, *, criterion: str = "l1",
+def apply_policy(model: nn.Module, graph: PruningGraph, kept: np.ndarray, *, criterion: str = "l2",
                  seed: int = 0) -> nn.Module:
     """A physically pruned copy of `model` keeping `kept[g]` channels of every group g."""
     pruned = copy.deepcopy(model).cpu().eval()

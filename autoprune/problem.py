@@ -49,7 +49,7 @@ REWARDS: dict[str, Callable[[float, dict[str, float]], float]] = {
 
 class Problem:
     def __init__(self, model: nn.Module, space, budgets: list[Budget], evaluator: Evaluator, *,
-                 study: Study | None = None, criterion: str = "l1", reward: str | Callable = "accuracy",
+                 study: Study | None = None, criterion: str = "l2", reward: str | Callable = "accuracy",
                  cost_models: dict[str, CostModel] | None = None, seed: int = 0) -> None:
         self.model, self.space, self.evaluator, self.study = model, space, evaluator, study
         self.criterion, self.seed = criterion, seed

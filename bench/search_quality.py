@@ -48,6 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--heldout", type=int, default=5000, help="held-out images carved from the training set")
     p.add_argument("--agents", nargs="+", default=agents.names(), help="searchers, default: all registered")
     p.add_argument("--device", default="auto")
+    p.add_argument("--criterion", default="l2", help="channel importance for every row: l2 or l1 magnitude")
     p.add_argument("--out-dir", type=Path, default=Path("bench/results"))
     p.add_argument("--threads", type=int, default=None,
                    help="torch.set_num_threads; default: torch's own, all cores unless OMP_NUM_THREADS says less")
@@ -65,7 +66,8 @@ def make_setup(args: argparse.Namespace, model: str, seed: int, agent: str) -> S
     """
     torch.manual_seed(seed)
     return build_setup(SearchConfig(model=model, budgets=[args.budget], agent=agent, evals=args.evals, seed=seed,
-                                    weights=args.weights, heldout=args.heldout, device=args.device))
+                                    weights=args.weights, heldout=args.heldout, device=args.device,
+                                    criterion=args.criterion))
 
 
 def tp_count(model: torch.nn.Module, input_shape: tuple[int, ...]) -> tuple[float, float]:
@@ -134,7 +136,8 @@ def tp_reference(setup: Setup, global_pruning: bool) -> dict:
         model = copy.deepcopy(setup.bundle.model).cpu().eval()
         modules = dict(model.named_modules())
         pruner = tp.pruner.MetaPruner(
-            model, example, importance=tp.importance.GroupMagnitudeImportance(p=1), global_pruning=global_pruning,
+            model, example, importance=tp.importance.GroupMagnitudeImportance(p=1 if setup.config.criterion == "l1" else 2),
+            global_pruning=global_pruning,
             pruning_ratio=ratio, ignored_layers=[modules[n] for n in graph.ignored])
         pruner.step()
         return model, *tp_count(model, graph.input_shape)
@@ -309,7 +312,7 @@ def main(argv: list[str] | None = None) -> dict:
     md = markdown(result)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     slug = re.sub(r"[^\w.-]+", "", args.budget.replace("%", "pct"))
-    stem = str(args.out_dir / f"search_quality-{slug}-{'-'.join(args.models)}")
+    stem = str(args.out_dir / f"search_quality-{slug}-{'-'.join(args.models)}-{args.criterion}")
     Path(stem + ".json").write_text(json.dumps(result, indent=1) + "\n")
     Path(stem + ".md").write_text(md)
     print(md)

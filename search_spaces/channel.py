@@ -96,7 +96,7 @@ class ChannelSpace:
     def params(self, ratios: np.ndarray) -> float:
         return self.graph.params(self.kept(ratios))
 
-    def apply(self, model: nn.Module, ratios: np.ndarray, *, criterion: str = "l1", seed: int = 0) -> nn.Module:
+    def apply(self, model: nn.Module, ratios: np.ndarray, *, criterion: str = "l2", seed: int = 0) -> nn.Module:
         """Physically pruned copy (Torch-Pruning), channels chosen by `criterion`."""
         from autoprune.policy import apply_policy
 
