@@ -145,8 +145,10 @@ class AMCDDPG(DDPG):
         return self.policy.unscale_action(scaled), scaled
 
 
-def _episodes(problem, n_evals: int) -> int:
-    return max(0, n_evals - problem.n_evals)
+def _episodes_and_env(problem, n_evals: int, reward, fill_slack: bool) -> tuple[int, LayerPruningEnv | None]:
+    """Episodes still owed (one per evaluation) and the env to run them in; no env when none are."""
+    episodes = max(0, n_evals - problem.n_evals)
+    return episodes, (LayerPruningEnv(problem, reward=reward, fill_slack=fill_slack) if episodes else None)
 
 
 class DDPGSearch:
@@ -167,10 +169,9 @@ class DDPGSearch:
         self.model: AMCDDPG | None = None  # kept for inspection after a search
 
     def search(self, problem, n_evals: int, *, seed: int) -> None:
-        episodes = _episodes(problem, n_evals)
-        if episodes == 0:
+        episodes, env = _episodes_and_env(problem, n_evals, self.reward, self.fill_slack)
+        if env is None:
             return
-        env = LayerPruningEnv(problem, reward=self.reward, fill_slack=self.fill_slack)
         n = env.n_steps
         noise = TruncatedNormalNoise(self.sigma, seed=seed)
         warmup = self.warmup_episodes * n
@@ -217,10 +218,9 @@ class SB3Search:
         return defaults
 
     def search(self, problem, n_evals: int, *, seed: int) -> None:
-        episodes = _episodes(problem, n_evals)
-        if episodes == 0:
+        episodes, env = _episodes_and_env(problem, n_evals, self.reward, self.fill_slack)
+        if env is None:
             return
-        env = LayerPruningEnv(problem, reward=self.reward, fill_slack=self.fill_slack)
         n = env.n_steps
         kwargs = {**self._defaults(n, episodes), **self.algo_kwargs}
         self.model = ALGOS[self.algo]("MlpPolicy", env, seed=seed, device=self.device, **kwargs)
