@@ -50,6 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="auto")
     p.add_argument("--criterion", default="l2", help="channel importance for every row: l2 or l1 magnitude")
     p.add_argument("--out-dir", type=Path, default=Path("bench/results"))
+    p.add_argument("--tag", default="", help="appended to the result file names, e.g. 300evals")
     p.add_argument("--threads", type=int, default=None,
                    help="torch.set_num_threads; default: torch's own, all cores unless OMP_NUM_THREADS says less")
     args = p.parse_args(argv)
@@ -262,7 +263,43 @@ def markdown(result: dict) -> str:
         if "random" in result["rows"]:
             against = [r for r in ("uniform", "global", *REFERENCES) if r in result["rows"]]
             lines += ["", "Margins (median held-out): " + "; ".join(margins(runs, model, "random", against))]
+        lines += curve_lines(runs, model, [r for r in result["rows"] if r not in ("unpruned", *REFERENCES)],
+                             args["evals"])
     return "\n".join(lines) + "\n"
+
+
+CURVE_POINTS = (10, 25, 50, 100, 150, 200, 300, 500, 1000)
+
+
+def curve_lines(runs: list[dict], model: str, rows: list[str], evals: int) -> list[str]:
+    """Median best-so-far held-out accuracy after k evaluations, per searcher; and when a learner passes random.
+
+    A searcher that stopped early (uniform, global) keeps its final value.
+    """
+    points = [k for k in CURVE_POINTS if k < evals] + [evals]
+    curves = {row: [r["curve"] for r in runs if r["model"] == model and r["row"] == row and r.get("curve")]
+              for row in rows}
+    curves = {row: c for row, c in curves.items() if c}
+    if not curves:
+        return []
+    lines = ["", "Best held-out accuracy so far after k evaluations (median over seeds):", "",
+             "| row | " + " | ".join(f"k={k}" for k in points) + " |", "|---|" + "---|" * len(points)]
+    for row, cs in curves.items():
+        cells = [100 * statistics.median(c[min(k, len(c)) - 1] for c in cs) for k in points]
+        lines.append(f"| {row} | " + " | ".join(f"{v:.2f}" for v in cells) + " |")
+    if "random" in curves:
+        random_best = {r["seed"]: max(r["curve"]) for r in runs
+                       if r["model"] == model and r["row"] == "random" and r.get("curve")}
+        for row in curves:
+            if row in ("random", "uniform", "global"):
+                continue
+            passes = []
+            for r in runs:
+                if r["model"] == model and r["row"] == row and r.get("curve") and r["seed"] in random_best:
+                    k = next((i + 1 for i, a in enumerate(r["curve"]) if a > random_best[r["seed"]]), None)
+                    passes.append(f"seed {r['seed']}: " + (f"{k}" if k else "never"))
+            lines += ["", f"Evaluations {row} needed to pass random's best of the same seed: " + "; ".join(passes)]
+    return lines
 
 
 def jsonable(obj):
@@ -299,23 +336,39 @@ def main(argv: list[str] | None = None) -> dict:
             for ref in REFERENCES:
                 runs.append({"model": model, "seed": seed, "row": ref, "kind": "reference",
                              **tp_reference(setup, global_pruning=ref == "tp-global")})
+            write_results(args, argv, runs, device, final=False)
+    return write_results(args, argv, runs, device, final=True)
+
+
+def write_results(args: argparse.Namespace, argv: list[str] | None, runs: list[dict], device: str | None,
+                  final: bool) -> dict:
+    """Summarise the runs so far and write JSON + Markdown (after every seed, so a stopped run keeps its rows)."""
     rows = ["unpruned", *args.agents, *REFERENCES]
+    done = sorted({(r["model"], r["seed"]) for r in runs})
     result = {
         "command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
         "args": {k: v for k, v in vars(args).items()},
+        "complete": final,
+        "done": done,
         "machine": machine_info(device or args.device),
         "rows": rows,
-        "summary": {m: {row: summarise(runs, m, row) for row in rows} for m in args.models},
+        "summary": {m: {row: summarise(runs, m, row) for row in rows} for m in args.models
+                    if any(d[0] == m for d in done)},
         "runs": runs,
     }
     result = jsonable(result)
+    result["args"]["models"] = [m for m in args.models if m in result["summary"]]
     md = markdown(result)
+    if not final:
+        md = md.replace("\n", f"\n\nPARTIAL: stopped after {len(done)} (model, seed) passes.\n", 1)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     slug = re.sub(r"[^\w.-]+", "", args.budget.replace("%", "pct"))
-    stem = str(args.out_dir / f"search_quality-{slug}-{'-'.join(args.models)}-{args.criterion}")
+    tag = f"-{args.tag}" if args.tag else ""
+    stem = str(args.out_dir / f"search_quality-{slug}-{'-'.join(args.models)}-{args.criterion}{tag}")
     Path(stem + ".json").write_text(json.dumps(result, indent=1) + "\n")
     Path(stem + ".md").write_text(md)
-    print(md)
+    if final:
+        print(md)
     print(f"wrote {stem}.json and {stem}.md", file=sys.stderr)
     return result
 

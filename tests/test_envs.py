@@ -98,7 +98,7 @@ def test_wall_keeps_every_episode_within_every_budget(surrogate_problem, model):
     assert 0 < clipped < episodes * (n - 1)  # the wall was exercised, and not on every step
 
 
-def test_last_group_takes_up_the_slack(surrogate_problem):
+def test_finished_policy_is_projected_onto_the_budget(surrogate_problem):
     problem = surrogate_problem()
     full = LayerPruningEnv(problem)  # fill_slack=True (default)
     amc = LayerPruningEnv(problem, fill_slack=False)
@@ -107,11 +107,11 @@ def test_last_group_takes_up_the_slack(surrogate_problem):
     _, _, b = _episode(full, plan)
     target = problem.budgets.budgets[0].target
     assert a["costs"]["macs"] < 0.8 * target  # AMC leaves the slack unspent
-    assert b["costs"]["macs"] > a["costs"]["macs"]
-    assert np.allclose(a["ratios"][:-1], b["ratios"][:-1]) and b["ratios"][-1] < a["ratios"][-1]
-    # the last group is at the least ratio that keeps the budget: one grid step less breaks it
-    less = problem.space.step(b["ratios"], full.n_steps - 1, -1)
-    assert b["ratios"][-1] == 0.0 or not problem.feasible(less)
+    assert target * (1 - TOLERANCE) <= b["costs"]["macs"] <= target  # projected: within 0.5% under the target
+    assert np.all(b["ratios"] <= a["ratios"] + 1e-9) and b["ratios"].sum() < a["ratios"].sum()
+    # a policy already at the target is evaluated as the agent chose it
+    _, _, c = _episode(full, b["ratios"] / np.where(full.max_ratios > 0, full.max_ratios, 1))
+    assert np.allclose(c["ratios"], b["ratios"])
 
 
 def test_wall_on_unstructured_space(graphs):
