@@ -50,6 +50,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="auto")
     p.add_argument("--criterion", default="l2", help="channel importance for every row: l2 or l1 magnitude")
     p.add_argument("--out-dir", type=Path, default=Path("bench/results"))
+    p.add_argument("--calib-batches", type=int, default=20, help="adaptive-BN batches of 64 per evaluation")
+    p.add_argument("--merge", nargs="+", type=Path, default=None,
+                   help="run nothing: combine these result JSONs (e.g. one process per agent) into one table")
     p.add_argument("--tag", default="", help="appended to the result file names, e.g. 300evals")
     p.add_argument("--threads", type=int, default=None,
                    help="torch.set_num_threads; default: torch's own, all cores unless OMP_NUM_THREADS says less")
@@ -68,7 +71,7 @@ def make_setup(args: argparse.Namespace, model: str, seed: int, agent: str) -> S
     torch.manual_seed(seed)
     return build_setup(SearchConfig(model=model, budgets=[args.budget], agent=agent, evals=args.evals, seed=seed,
                                     weights=args.weights, heldout=args.heldout, device=args.device,
-                                    criterion=args.criterion))
+                                    criterion=args.criterion, calib_batches=args.calib_batches))
 
 
 def tp_count(model: torch.nn.Module, input_shape: tuple[int, ...]) -> tuple[float, float]:
@@ -240,7 +243,8 @@ def markdown(result: dict) -> str:
              f"`{result['command']}`",
              "",
              f"{args['evals']} evaluations per searcher, seeds {' '.join(map(str, args['seeds']))}, weights "
-             f"{args['weights'] or 'shipped'}, held-out {args['heldout']} images. {m['cpu']}, {m['torch_threads']} "
+             f"{args['weights'] or 'shipped'}, held-out {args['heldout']} images, adaptive BN on "
+             f"{args.get('calib_batches', 20)}×64 training images. {m['cpu']}, {m['torch_threads']} "
              f"torch threads, device {m['device']}, torch {m['torch']}, torch-pruning {m['torch_pruning']}, {m['date']}.",
              "Accuracies: median over seeds (min–max), top-1 %. Searchers and tp-* rows: adaptive BN, then scored; "
              "unpruned: as trained."]
@@ -317,6 +321,8 @@ def jsonable(obj):
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    if args.merge:
+        return merge(args, argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     runs: list[dict] = []
@@ -340,6 +346,30 @@ def main(argv: list[str] | None = None) -> dict:
     return write_results(args, argv, runs, device, final=True)
 
 
+def merge(args: argparse.Namespace, argv: list[str] | None) -> dict:
+    """One table from several result files; the first file's args (budget, evals, held-out) stand for all.
+
+    Runs are keyed by (model, seed, row): reference rows that several processes computed are kept once.
+    """
+    results = [json.loads(f.read_text()) for f in args.merge]
+    runs, seen = [], set()
+    for res in results:
+        for r in res["runs"]:
+            key = (r["model"], r["seed"], r["row"])
+            if key not in seen:
+                seen.add(key)
+                runs.append(r)
+    first = results[0]["args"]
+    for key in ("budget", "evals", "heldout", "criterion", "weights", "calib_batches"):
+        setattr(args, key, first.get(key, getattr(args, key)))
+    args.models = list(dict.fromkeys(r["model"] for r in runs))
+    args.seeds = sorted({r["seed"] for r in runs})
+    args.agents = list(dict.fromkeys(r["row"] for r in runs if r["kind"] == "searcher"))
+    args.threads = results[0]["machine"]["torch_threads"]
+    out = write_results(args, argv, runs, results[0]["machine"]["device"], final=True)
+    return out
+
+
 def write_results(args: argparse.Namespace, argv: list[str] | None, runs: list[dict], device: str | None,
                   final: bool) -> dict:
     """Summarise the runs so far and write JSON + Markdown (after every seed, so a stopped run keeps its rows)."""
@@ -350,7 +380,8 @@ def write_results(args: argparse.Namespace, argv: list[str] | None, runs: list[d
         "args": {k: v for k, v in vars(args).items()},
         "complete": final,
         "done": done,
-        "machine": machine_info(device or args.device),
+        "machine": machine_info(device or args.device) | ({"merged_from": [str(f) for f in args.merge]}
+                                                          if args.merge else {}),
         "rows": rows,
         "summary": {m: {row: summarise(runs, m, row) for row in rows} for m in args.models
                     if any(d[0] == m for d in done)},
