@@ -31,9 +31,21 @@ REGISTRY: dict[str, tuple[str, str, str]] = {
     "sb3:td3": ("autoprune.agents.ddpg", "SB3Search", "stable-baselines3 TD3 on AMC's layer-by-layer env"),
     "sb3:sac": ("autoprune.agents.ddpg", "SB3Search", "stable-baselines3 SAC on AMC's layer-by-layer env"),
     "sb3:ppo": ("autoprune.agents.ddpg", "SB3Search", "stable-baselines3 PPO on AMC's layer-by-layer env"),
+    "tpe": ("autoprune.agents.optuna", "OptunaSearch",
+            "Optuna TPE (multivariate), one ratio per group, projected onto the budget"),
+    "cmaes": ("autoprune.agents.optuna", "OptunaSearch", "Optuna CMA-ES, one ratio per group, projected onto the budget"),
+    "qmc": ("autoprune.agents.optuna", "OptunaSearch",
+            "Optuna quasi-Monte Carlo (scrambled Sobol), projected onto the budget"),
+    "optuna:random": ("autoprune.agents.optuna", "OptunaSearch", "Optuna's RandomSampler, projected onto the budget"),
+    "nsga2": ("autoprune.agents.optuna", "OptunaSearch",
+              "Optuna NSGA-II: accuracy vs MACs (or latency); best within budget plus the Pareto front"),
 }
 # fixed constructor arguments of a registered name (one class serves several names)
-PRESETS: dict[str, dict] = {f"sb3:{algo}": {"algo": algo} for algo in ("td3", "sac", "ppo")}
+PRESETS: dict[str, dict] = {
+    **{f"sb3:{algo}": {"algo": algo} for algo in ("td3", "sac", "ppo")},
+    **{name: {"sampler": name} for name in ("tpe", "cmaes", "qmc", "nsga2")},
+    "optuna:random": {"sampler": "random"},
+}
 DEFAULT_AGENT = "random"
 
 

@@ -76,9 +76,11 @@ def search(
     data: DataOpt = "fashion-mnist",
     weights: WeightsOpt = None,
     agent: Annotated[str, typer.Option(help="Searcher: random (EagleEye, default), uniform, global, "
-                                       "ddpg (AMC), sb3:td3, sb3:sac, sb3:ppo; see `autoprune agents`.")] = "random",
+                                       "ddpg (AMC), sb3:td3, sb3:sac, sb3:ppo, Optuna's tpe, cmaes, qmc, "
+                                       "optuna:random, nsga2; see `autoprune agents`.")] = "random",
     evals: Annotated[int | None, typer.Option(help="Evaluations (candidates scored). Default: the agent's "
-                                              "(random 60, uniform/global 1, ddpg/sb3 300); "
+                                              "(random and Optuna samplers 60, nsga2 100, uniform/global 1, "
+                                              "ddpg/sb3 300); "
                                               "for ddpg/sb3 one evaluation is one episode.")] = None,
     seed: SeedOpt = 0,
     out: Annotated[Path | None, typer.Option(help="Run folder (must be new unless --resume). "

@@ -32,7 +32,8 @@ from autoprune.zoo import ModelBundle, build_model
 log = logging.getLogger(__name__)
 
 DEFAULT_EVALS = {"random": 60, "uniform": 1, "global": 1, "ddpg": 300,
-                 "sb3:td3": 300, "sb3:sac": 300, "sb3:ppo": 300}
+                 "sb3:td3": 300, "sb3:sac": 300, "sb3:ppo": 300,
+                 "tpe": 60, "cmaes": 60, "qmc": 60, "optuna:random": 60, "nsga2": 100}
 
 
 @dataclass
@@ -195,6 +196,10 @@ def execute_search(out: Path, setup: Setup, *, on_result: Callable[[EvalResult, 
     }
     if problem.space.kind == "channel":
         summary["kept_channels"] = {n: int(k) for n, k in zip(problem.space.names, problem.space.kept(best.ratios))}
+    front = getattr(setup.searcher, "pareto_front", None)  # multi-objective searchers (nsga2)
+    if front:
+        (out / "pareto.json").write_text(json.dumps(_jsonable(front), indent=2) + "\n")
+        summary["pareto_front_size"] = len(front)
     policy.meta = summary
     policy.save(out / "policy.json")
 
@@ -213,6 +218,8 @@ def execute_search(out: Path, setup: Setup, *, on_result: Callable[[EvalResult, 
 
         stage(f"fine-tuning for {cfg.finetune_epochs} epochs")
         summary.update(finetune_run(out, cfg.finetune_epochs, device=cfg.device))
+    if front:
+        files["pareto_front"] = out / "pareto.json"
     summary["files"] = {k: str(v) for k, v in {"policy": out / "policy.json", "study": _public_url(storage),
                                                **files}.items()}
     return summary
