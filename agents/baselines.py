@@ -88,10 +88,14 @@ class RandomSearch:
 
     name = "random"
 
+    def __init__(self, batch: int = 1) -> None:
+        self.batch = max(1, int(batch))  # candidates proposed at once (parallel workers)
+
     def search(self, problem, n_evals: int, *, seed: int) -> None:
+        # the draws do not depend on the batch size: the same run with any number of workers
         rng = np.random.default_rng(seed)
         tries = 0
         while problem.n_evals < n_evals and tries < 20 * n_evals:
-            tries += 1
-            ratios = problem.project(rng.uniform(0.0, problem.space.max_ratios), rng)
-            problem.evaluate(ratios)
+            k = min(self.batch, n_evals - problem.n_evals)
+            tries += k
+            problem.evaluate_many([problem.project(rng.uniform(0.0, problem.space.max_ratios), rng) for _ in range(k)])

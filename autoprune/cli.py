@@ -100,6 +100,10 @@ def search(
     ignore: Annotated[list[str], typer.Option(help="Module name never to prune (repeatable); stem and "
                                               "classifier are always kept.")] = [],  # noqa: B006
     finetune_epochs: Annotated[int, typer.Option(help="Fine-tune the best policy for N epochs afterwards.")] = 0,
+    workers: Annotated[int, typer.Option(help="Evaluate candidates in parallel on N Ray actors, each with its own "
+                                         "model copy (random and the Optuna samplers propose in batches).")] = 1,
+    ray_address: Annotated[str | None, typer.Option(help="Ray cluster for --workers (default: a local Ray "
+                                                    "with this machine's cores).")] = None,
 ) -> None:
     """Search per-group prune ratios that keep the most held-out accuracy within the budget(s)."""
     from autoprune.search import SearchConfig
@@ -108,7 +112,8 @@ def search(
     cfg = SearchConfig(model=model, budgets=list(budget), data=data, weights=weights, agent=agent, evals=evals,
                        seed=seed, out=out, storage=storage, resume=resume, device=device, space=space,
                        max_ratio=max_ratio, round_to=round_to, criterion=criterion, heldout=heldout,
-                       calib_batches=calib_batches, finetune_epochs=finetune_epochs, ignore=list(ignore))
+                       calib_batches=calib_batches, finetune_epochs=finetune_epochs, ignore=list(ignore),
+                       workers=workers, ray_address=ray_address)
     run_search_with_progress(cfg, console)
 
 
@@ -218,6 +223,34 @@ def list_agents() -> None:
 
     for name, (_, _, desc) in REGISTRY.items():
         typer.echo(f"{name:12s} {desc}")
+
+
+@app.command()
+def sweep(
+    sweep_file: Annotated[Path, typer.Argument(metavar="SWEEP.yaml", help="Sweep file: models, budgets, agents, "
+                                               "seeds, evals and shared search options (see docs/sweeps.md).")],
+    address: Annotated[str | None, typer.Option(help="Join this Ray cluster (e.g. ray://head:10001 or auto). "
+                                                "Default: a local Ray with this machine's cores.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Sweep folder (must be new unless --resume). "
+                                             "Default sweeps/NAME, NAME the sweep file's stem.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the sweep in --out: finished trials are kept, "
+                                         "failed and unfinished ones run again.")] = False,
+) -> None:
+    """Run one search per (model, budget, agent, seed) as a Ray Tune experiment; compare them in a table."""
+    from autoprune.tune import load_sweep, prepare_sweep_dir, run_sweep
+    from autoprune.ui import sweep_tables
+
+    spec = load_sweep(sweep_file)
+    out = out or Path("sweeps") / sweep_file.stem
+    prepare_sweep_dir(spec, out, resume=resume)  # refuse before Ray starts
+    results = run_sweep(spec, out, spec_text=sweep_file.read_text(), resume=resume, address=address)
+    for table in sweep_tables(results):
+        console.print(table)
+    console.print(f"wrote {out / 'sweep_results.md'}, {out / 'sweep_results.json'}; policies in {out / 'runs'}")
+    if results["failed"]:
+        console.print(f"[red]{results['failed']} of {results['trials']} trials failed or did not run[/red] "
+                      "(error column); --resume runs them again")
+        raise typer.Exit(1)
 
 
 def main() -> None:

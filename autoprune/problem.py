@@ -66,6 +66,7 @@ class Problem:
         if study is not None:
             self.attach_study(study)
         self.timing = {"prune": 0.0, "forward": 0.0, "other": 0.0}
+        self.pool = None  # a WorkerPool (autoprune.workers) scores new policies in parallel when set
 
     def attach_study(self, study: Study) -> None:
         """Record into `study` from now on; its stored evaluations answer repeated policies."""
@@ -95,48 +96,86 @@ class Problem:
 
     def evaluate(self, ratios: np.ndarray) -> EvalResult | None:
         """Score a policy; None (and nothing recorded) when it breaks a budget."""
+        return self.evaluate_many([ratios])[0]
+
+    def evaluate_many(self, batch: list[np.ndarray]) -> list[EvalResult | None]:
+        """Score several policies; the new ones in parallel when a worker pool is attached.
+
+        Results are recorded in the order given, exactly as if each had gone through `evaluate`
+        (same indices, same study, same cache hits), so a deterministic proposer gets the same run
+        with any number of workers.
+        """
         t0 = time.perf_counter()
+        prepared = [self._prepare(r) for r in batch]
+        fresh: dict[str, np.ndarray] = {}
+        for p in prepared:
+            if p is not None and p[1] not in self._cache and p[1] not in self._stored:
+                fresh.setdefault(p[1], p[0])
+        t1 = time.perf_counter()
+        scores = dict(zip(fresh, self._score_all(list(fresh.values()))))
+        t2 = time.perf_counter()
+        out: list[EvalResult | None] = []
+        for p in prepared:
+            if p is None:
+                out.append(None)
+                continue
+            ratios, key, costs = p
+            if key in self._cache:
+                result = self._replay(self._cache[key])
+            elif key in self._stored:
+                stored = self._stored[key]
+                result = EvalResult(self.n_evals, ratios, key, costs, stored["accuracy"], stored.get("top5"),
+                                    stored["reward"], stored.get("seconds", {}), cached=True)
+            else:
+                result = self._record(ratios, key, costs, *scores[key])
+            self._cache.setdefault(key, result)
+            self.results.append(result)
+            out.append(result)
+            for cb in self.callbacks:
+                cb(result)
+        if fresh:  # preparing and recording, shared by the fresh evaluations of this batch
+            other = (t1 - t0) + (time.perf_counter() - t2)
+            self.timing["other"] += other
+            for key in fresh:
+                self._cache[key].seconds["other"] = other / len(fresh)
+        return out
+
+    def _prepare(self, ratios: np.ndarray) -> tuple[np.ndarray, str, dict[str, float]] | None:
+        """(snapped ratios, policy key, costs), or None when the policy breaks a budget."""
         ratios = self.space.snap(np.asarray(ratios, dtype=np.float64))
         costs = self.costs(ratios)
         if not self.budgets.satisfied(costs):
             return None
-        key = self.policy(ratios).key()
-        if key in self._cache:
-            result = self._replay(self._cache[key])
-        elif key in self._stored:
-            stored = self._stored[key]
-            result = EvalResult(self.n_evals, ratios, key, costs, stored["accuracy"], stored.get("top5"),
-                                stored["reward"], stored.get("seconds", {}), cached=True)
-        else:
-            result = self._score(ratios, key, costs, t0)
-        self._cache.setdefault(key, result)
-        self.results.append(result)
-        for cb in self.callbacks:
-            cb(result)
-        return result
+        return ratios, self.policy(ratios).key(), costs
 
-    def _replay(self, r: EvalResult) -> EvalResult:
-        return EvalResult(self.n_evals, r.ratios, r.key, r.costs, r.accuracy, r.top5, r.reward, r.seconds, cached=True)
+    def _score_all(self, batch: list[np.ndarray]) -> list[tuple[dict, dict[str, float]]]:
+        """(accuracy dict, seconds) of each policy: in this process, or on the attached worker pool."""
+        if self.pool is not None and batch:
+            return self.pool.score(batch)
+        return [self.score(ratios) for ratios in batch]
 
-    def _score(self, ratios: np.ndarray, key: str, costs: dict[str, float], t0: float) -> EvalResult:
+    def score(self, ratios: np.ndarray) -> tuple[dict, dict[str, float]]:
+        """Prune a copy and evaluate it: (accuracy dict, seconds). No cache, no study: workers call this."""
         t1 = time.perf_counter()
         pruned = self.space.apply(self.model, ratios, criterion=self.criterion, seed=self.seed)
         t2 = time.perf_counter()
         acc = self.evaluator(pruned)
-        t3 = time.perf_counter()
+        return acc, {"prune": t2 - t1, "forward": time.perf_counter() - t2}
+
+    def _record(self, ratios: np.ndarray, key: str, costs: dict[str, float], acc: dict,
+                seconds: dict[str, float]) -> EvalResult:
         reward = float(self.reward_fn(acc["top1"], costs))
-        seconds = {"prune": t2 - t1, "forward": t3 - t2}
-        result = EvalResult(self.n_evals, ratios, key, costs, acc["top1"], acc.get("top5"), reward, seconds)
+        result = EvalResult(self.n_evals, ratios, key, costs, acc["top1"], acc.get("top5"), reward, dict(seconds))
         if self.study is not None:
             self.study.add(list(ratios), acc["top1"], {
                 "key": key, "index": result.index, "ratios": [float(r) for r in ratios], **costs,
                 "top5": acc.get("top5"), "reward": reward, "seconds": seconds})
-        t4 = time.perf_counter()
-        seconds["other"] = (t1 - t0) + (t4 - t3)
-        self.timing["prune"] += seconds["prune"]
-        self.timing["forward"] += seconds["forward"]
-        self.timing["other"] += seconds["other"]
+        self.timing["prune"] += seconds.get("prune", 0.0)
+        self.timing["forward"] += seconds.get("forward", 0.0)
         return result
+
+    def _replay(self, r: EvalResult) -> EvalResult:
+        return EvalResult(self.n_evals, r.ratios, r.key, r.costs, r.accuracy, r.top5, r.reward, r.seconds, cached=True)
 
     def overhead_share(self) -> float:
         """Share of evaluation time spent beyond forward passes (pruning, costing, storing)."""

@@ -58,6 +58,8 @@ class SearchConfig:
     finetune_epochs: int = 0
     ignore: list[str] = field(default_factory=list)
     agent_options: dict = field(default_factory=dict)
+    workers: int = 1  # >1: evaluate candidates in parallel on Ray actors (batching searchers only)
+    ray_address: str | None = None  # join this Ray cluster for the workers; default a local Ray
 
     def n_evals(self) -> int:
         return self.evals if self.evals is not None else DEFAULT_EVALS.get(self.agent, 60)
@@ -90,6 +92,8 @@ def build_setup(cfg: SearchConfig) -> Setup:
         raise UserError("give at least one --budget, e.g. --budget 50%FLOPs")
     if cfg.n_evals() < 1:
         raise UserError("--evals must be at least 1")
+    if cfg.workers < 1:
+        raise UserError("--workers must be at least 1")
     device = resolve_device(cfg.device)
     data = load_data(cfg.data, heldout_size=cfg.heldout)
     bundle = build_model(cfg.model, num_classes=data.num_classes, in_channels=data.in_channels,
@@ -103,6 +107,12 @@ def build_setup(cfg: SearchConfig) -> Setup:
     budgets = [parse_budget(b, base) for b in cfg.budgets]
     problem = Problem(bundle.model, space, budgets, evaluator, criterion=cfg.criterion, seed=cfg.seed)
     searcher = agents.build(cfg.agent, **cfg.agent_options)
+    if cfg.workers > 1:
+        if not hasattr(searcher, "batch"):
+            batching = [n for n in agents.names() if hasattr(agents.build(n), "batch")]
+            raise UserError(f"agent '{cfg.agent}' evaluates one candidate at a time: --workers > 1 needs one "
+                            f"of {', '.join(batching)}")
+        searcher.batch = cfg.workers
     return Setup(cfg, data, bundle, problem, searcher, device)
 
 
@@ -167,7 +177,18 @@ def execute_search(out: Path, setup: Setup, *, on_result: Callable[[EvalResult, 
         problem.callbacks.append(lambda r: on_result(r, problem))
     n_evals = cfg.n_evals()
     start = time.perf_counter()
-    setup.searcher.search(problem, n_evals, seed=cfg.seed)
+    if cfg.workers > 1:
+        from autoprune.workers import WorkerPool, default_threads
+
+        stage(f"starting {cfg.workers} Ray workers")
+        with WorkerPool(cfg, cfg.workers, threads=default_threads(cfg.workers), address=cfg.ray_address) as pool:
+            problem.pool = pool
+            try:
+                setup.searcher.search(problem, n_evals, seed=cfg.seed)
+            finally:
+                problem.pool = None
+    else:
+        setup.searcher.search(problem, n_evals, seed=cfg.seed)
     search_seconds = time.perf_counter() - start
     best = problem.best
     if best is None:

@@ -1,7 +1,9 @@
 """Shared fixtures: zoo graphs built once, and problems whose evaluation is a formula (surrogate.py)."""
 from __future__ import annotations
 
+import gzip
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -43,3 +45,28 @@ def surrogate_problem(graphs) -> Callable[..., Problem]:
                        reward=reward, seed=0)
 
     return make
+
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+needs_fashion = pytest.mark.skipif(not (FASHION / "train-images-idx3-ubyte.gz").exists(),
+                                   reason="Fashion-MNIST is not installed in /usr/share/datasets/fashion-mnist")
+
+
+def write_idx(path: Path, arr: np.ndarray) -> None:
+    """An idx file (the MNIST format) of `arr`, gzipped."""
+    header = bytes([0, 0, 8, arr.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
+    with gzip.open(path, "wb", compresslevel=1) as f:
+        f.write(header + np.ascontiguousarray(arr).tobytes())
+
+
+@pytest.fixture(scope="session")
+def fmnist_subset(tmp_path_factory) -> str:
+    """`--data` spec of a 2,000/500-image Fashion-MNIST subset (the real loader, seconds per evaluation)."""
+    from autoprune.data import _read_idx
+
+    root = tmp_path_factory.mktemp("fmnist-subset")
+    for prefix, n in (("train", 2000), ("t10k", 500)):
+        for kind in ("images-idx3", "labels-idx1"):
+            name = f"{prefix}-{kind}-ubyte.gz"
+            write_idx(root / name, _read_idx(FASHION / name)[:n])
+    return f"fashion-mnist:{root}"
