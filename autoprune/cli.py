@@ -237,15 +237,14 @@ def sweep(
                                          "failed and unfinished ones run again.")] = False,
 ) -> None:
     """Run one search per (model, budget, agent, seed) as a Ray Tune experiment; compare them in a table."""
-    from autoprune.tune import load_sweep, prepare_sweep_dir, run_sweep
+    from autoprune.tune import load_sweep, run_sweep
     from autoprune.ui import sweep_tables
 
     spec = load_sweep(sweep_file)
     out = out or Path("sweeps") / sweep_file.stem
-    prepare_sweep_dir(spec, out, resume=resume)  # refuse before Ray starts
     results = run_sweep(spec, out, spec_text=sweep_file.read_text(), resume=resume, address=address)
-    for table in sweep_tables(results):
-        console.print(table)
+    for part in sweep_tables(results):
+        console.print(part)
     console.print(f"wrote {out / 'sweep_results.md'}, {out / 'sweep_results.json'}; policies in {out / 'runs'}")
     if results["failed"]:
         console.print(f"[red]{results['failed']} of {results['trials']} trials failed or did not run[/red] "

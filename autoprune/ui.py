@@ -1,7 +1,9 @@
-"""Console presentation of a search (rich): progress with ETA and best-so-far, final table."""
+"""Console presentation (rich): a search's progress with ETA and best-so-far and its final table; sweep tables."""
 from __future__ import annotations
 
+from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -52,3 +54,41 @@ def summary_table(s: dict) -> Table:
     t.add_row("CPU latency (batch 1)", f"{s['base_latency_ms']:.2f} ms", f"{s['latency_ms']:.2f} ms",
               f"{s['base_latency_ms'] / s['latency_ms']:.2f}x faster")
     return t
+
+
+def sweep_tables(results: dict) -> list:
+    """The sweep's comparison (agent × model × budget, over seeds), one row per trial, then each failure."""
+    def pct(v) -> str:
+        return "–" if v is None else f"{100 * v:.2f}"
+
+    def num(v) -> str:
+        return "–" if v is None else f"{v:g}"
+
+    out: list = []
+    if any(g["seeds"] > 1 for g in results["groups"]):
+        g_t = _compact_table("agent × model × budget, mean over seeds (accuracy %, s: search seconds)")
+        for col in ("model", "budget", "agent", "ok", "held-out", "best", "test", "MACs%", "evals", "s"):
+            g_t.add_column(col, justify="left" if col in ("model", "budget", "agent") else "right", no_wrap=True)
+        for g in results["groups"]:
+            g_t.add_row(g["model"], g["budgets"], g["agent"], f"{g['ok']}/{g['seeds']}",
+                        pct(g["heldout_accuracy_mean"]), pct(g["heldout_accuracy_best"]), pct(g["test_accuracy_mean"]),
+                        num(g["macs_pct_mean"]), num(g["evaluations_mean"]), num(g["search_seconds_mean"]))
+        out.append(g_t)
+    t = _compact_table(f"{results['ok']} of {results['trials']} trials finished (accuracy %, s: search seconds)")
+    for col in ("model", "budget", "agent", "seed", "held-out", "test", "MACs%", "evals", "s", "status"):
+        t.add_column(col, justify="left" if col in ("model", "budget", "agent", "status") else "right", no_wrap=True)
+    for r in results["rows"]:
+        status = r["status"] if r["status"] == "ok" else f"[red]{r['status']}[/red]"
+        t.add_row(r["model"], r["budgets"], r["agent"], str(r["seed"]), pct(r["heldout_accuracy"]),
+                  pct(r["test_accuracy"]), num(r["macs_pct"]), num(r["evaluations"]), num(r["search_seconds"]), status)
+    out.append(t)
+    for r in results["rows"]:
+        if r["status"] != "ok":
+            out.append(f"[red]{r['status']}[/red] {escape(r['model'])} {escape(r['budgets'])} {escape(r['agent'])} "
+                       f"seed {r['seed']}: {escape(r['error'] or '')}")
+    return out
+
+
+def _compact_table(title: str) -> Table:
+    # ten columns within an 80-column terminal (or a log file): light rules, one space between columns
+    return Table(title=title, box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False)
