@@ -17,14 +17,15 @@ import numpy as np
 import torch
 
 from autoprune import agents
-from autoprune.budget import parse_budget
+from autoprune.budget import budget_metric, parse_budget
 from autoprune.cost.measured import measure_latency_ms
+from autoprune.cost import analytic_cost_models
 from autoprune.data import DataBundle, load_data
 from autoprune.device import resolve_device
 from autoprune.errors import UserError
 from autoprune.evaluate import Evaluator, accuracy
 from autoprune.graph import build_graph
-from autoprune.policy import CRITERIA, Policy
+from autoprune.policy import CRITERIA
 from autoprune.problem import EvalResult, Problem
 from autoprune.study import Study, StudyInfo
 from autoprune.zoo import ModelBundle, build_model
@@ -60,6 +61,9 @@ class SearchConfig:
     agent_options: dict = field(default_factory=dict)
     workers: int = 1  # >1: evaluate candidates in parallel on Ray actors (batching searchers only)
     ray_address: str | None = None  # join this Ray cluster for the workers; default a local Ray
+    batch: int = 1  # batch size at which latency counts (budgets, reported latency)
+    threads: int | None = None  # CPU threads latency is measured with; None: torch's setting
+    latency_table: Path | None = None  # a profiled table to use; default the cache for this model and device
 
     def n_evals(self) -> int:
         return self.evals if self.evals is not None else DEFAULT_EVALS.get(self.agent, 60)
@@ -82,8 +86,12 @@ def default_out(cfg: SearchConfig) -> Path:
     return Path("runs") / f"{cfg.model.replace(':', '_').replace('/', '_')}-{cfg.agent}-s{cfg.seed}-{stamp}"
 
 
-def build_setup(cfg: SearchConfig) -> Setup:
-    """Load data and model, analyse the graph, parse budgets: every check that can refuse input."""
+def build_setup(cfg: SearchConfig, *, on_profile: Callable[[str, int, int], None] | None = None) -> Setup:
+    """Load data and model, analyse the graph, parse budgets: every check that can refuse input.
+
+    A latency budget also brings the latency cost model: the cached table of this model on this
+    device, profiled first (minutes, reported through `on_profile`) when there is none yet.
+    """
     if cfg.agent not in agents.names():
         raise UserError(f"unknown agent '{cfg.agent}': one of {', '.join(agents.names())}")
     if cfg.criterion not in CRITERIA:
@@ -94,6 +102,8 @@ def build_setup(cfg: SearchConfig) -> Setup:
         raise UserError("--evals must be at least 1")
     if cfg.workers < 1:
         raise UserError("--workers must be at least 1")
+    if cfg.batch < 1 or (cfg.threads is not None and cfg.threads < 1):
+        raise UserError("--batch and --threads must be at least 1")
     device = resolve_device(cfg.device)
     data = load_data(cfg.data, heldout_size=cfg.heldout)
     bundle = build_model(cfg.model, num_classes=data.num_classes, in_channels=data.in_channels,
@@ -104,8 +114,19 @@ def build_setup(cfg: SearchConfig) -> Setup:
     space = _space(cfg, graph, bundle.model)
     evaluator = Evaluator(data.train, data.heldout, device, calib_batches=cfg.calib_batches, seed=cfg.seed)
     base = {"macs": graph.base_macs, "params": graph.base_params}
+    cost_models = analytic_cost_models(space)
+    if "latency_ms" in [budget_metric(b) for b in cfg.budgets]:  # profiling costs minutes: only when asked
+        from autoprune.cost.profile import ProfileSettings, latency_cost_model
+
+        if cfg.threads is None:  # pinned: Ray workers rebuild this setup with fewer threads, same table
+            cfg.threads = torch.get_num_threads()
+        settings = ProfileSettings(device=str(device), batch=cfg.batch, threads=cfg.threads)
+        cost_models["latency_ms"] = latency_cost_model(bundle.model, space, settings, path=cfg.latency_table,
+                                                       on_progress=on_profile)
+        base["latency_ms"] = cost_models["latency_ms"].cost(np.zeros(space.size))
     budgets = [parse_budget(b, base) for b in cfg.budgets]
-    problem = Problem(bundle.model, space, budgets, evaluator, criterion=cfg.criterion, seed=cfg.seed)
+    problem = Problem(bundle.model, space, budgets, evaluator, criterion=cfg.criterion,
+                      cost_models=cost_models, seed=cfg.seed)
     searcher = agents.build(cfg.agent, **cfg.agent_options)
     if cfg.workers > 1:
         if not hasattr(searcher, "batch"):
@@ -146,10 +167,11 @@ def run_search(cfg: SearchConfig, *, on_result: Callable[[EvalResult, Problem], 
     return execute_search(out, setup, on_result=on_result, on_stage=on_stage)
 
 
-def prepare_search(cfg: SearchConfig) -> tuple[Path, Setup]:
+def prepare_search(cfg: SearchConfig, *,
+                   on_profile: Callable[[str, int, int], None] | None = None) -> tuple[Path, Setup]:
     """Every check that can refuse the input; writes nothing."""
     out = prepare_run_dir(cfg)
-    return out, build_setup(cfg)
+    return out, build_setup(cfg, on_profile=on_profile)
 
 
 def execute_search(out: Path, setup: Setup, *, on_result: Callable[[EvalResult, Problem], None] | None = None,
@@ -198,8 +220,9 @@ def execute_search(out: Path, setup: Setup, *, on_result: Callable[[EvalResult, 
     pruned = problem.pruned_model(best.ratios)
     base_test = accuracy(setup.bundle.model.to(device), setup.data.test, device)["top1"]
     test = accuracy(pruned, setup.data.test, device)["top1"]
-    latency = {"base": measure_latency_ms(setup.bundle.model, input_shape),
-               "pruned": measure_latency_ms(pruned, input_shape)}
+    where = dict(batch=cfg.batch, device=device, threads=cfg.threads)  # where latency budgets count
+    latency = {"base": measure_latency_ms(setup.bundle.model, input_shape, **where),
+               "pruned": measure_latency_ms(pruned, input_shape, **where)}
     policy = problem.policy(best.ratios)
     summary = {
         "model": cfg.model, "weights": setup.bundle.weights, "data": cfg.data, "input_shape": list(input_shape),
@@ -208,13 +231,17 @@ def execute_search(out: Path, setup: Setup, *, on_result: Callable[[EvalResult, 
         "params": best.costs["params"], "base_params": problem.base_costs["params"],
         "heldout_accuracy": best.accuracy, "base_heldout_accuracy": base_heldout,
         "test_accuracy": test, "base_test_accuracy": base_test,
-        "latency_ms": latency["pruned"], "base_latency_ms": latency["base"], "latency_batch": 1,
+        "latency_ms": latency["pruned"], "base_latency_ms": latency["base"], "latency_batch": cfg.batch,
+        "latency_device": device.type,
         "evaluations": problem.n_evals, "cached_evaluations": sum(r.cached for r in problem.results),
         "best_evaluation": best.index, "search_seconds": round(search_seconds, 2),
         "overhead_share": round(problem.overhead_share(), 4),
         "heldout_images": len(setup.data.heldout), "calib_batches": cfg.calib_batches,
         "storage": _public_url(storage) if cfg.storage else "study.db",
     }
+    if "latency_ms" in best.costs:  # the lookup table's prediction, next to the measurement above
+        summary["predicted_latency_ms"] = best.costs["latency_ms"]
+        summary["base_predicted_latency_ms"] = problem.base_costs["latency_ms"]
     if problem.space.kind == "channel":
         summary["kept_channels"] = {n: int(k) for n, k in zip(problem.space.names, problem.space.kept(best.ratios))}
     front = getattr(setup.searcher, "pareto_front", None)  # multi-objective searchers (nsga2)

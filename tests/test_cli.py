@@ -5,7 +5,6 @@ through `--data fashion-mnist:ROOT`) so that the test-set passes of a search tak
 """
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import os
@@ -15,7 +14,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch_pruning as tp
@@ -25,17 +23,11 @@ from autoprune.cli import app, main
 from autoprune.data import _read_idx
 from autoprune.zoo import build_model
 
-FASHION = Path("/usr/share/datasets/fashion-mnist")
+from conftest import FASHION, needs_fashion, write_idx
+
 N_TRAIN, N_TEST = 2000, 500
 
-pytestmark = pytest.mark.skipif(not (FASHION / "train-images-idx3-ubyte.gz").exists(),
-                                reason="Fashion-MNIST is not installed in /usr/share/datasets/fashion-mnist")
-
-
-def _write_idx(path: Path, arr: np.ndarray) -> None:
-    header = bytes([0, 0, 8, arr.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
-    with gzip.open(path, "wb", compresslevel=1) as f:
-        f.write(header + np.ascontiguousarray(arr).tobytes())
+pytestmark = needs_fashion
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +39,7 @@ def env(tmp_path_factory):
     for prefix, n in (("train", N_TRAIN), ("t10k", N_TEST)):
         for kind in ("images-idx3", "labels-idx1"):
             name = f"{prefix}-{kind}-ubyte.gz"
-            _write_idx(data / name, _read_idx(FASHION / name)[:n])
+            write_idx(data / name, _read_idx(FASHION / name)[:n])
     torch.manual_seed(0)
     ckpt = root / "resnet20.pt"
     torch.save(build_model("resnet20", num_classes=10, in_channels=1, weights="random").model.state_dict(), ckpt)

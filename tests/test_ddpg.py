@@ -2,9 +2,7 @@
 learns (a known-answer problem where it must beat uniform and random search), and the CLI."""
 from __future__ import annotations
 
-import gzip
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,8 +14,8 @@ from autoprune.agents.ddpg import AMCDDPG, DDPGSearch, EpisodeRewardBuffer, SB3S
 from autoprune.envs import LayerPruningEnv
 from autoprune.search import DEFAULT_EVALS
 from autoprune.study import Study, StudyInfo
+from conftest import needs_fashion
 
-FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 
 def test_registered_by_name():
@@ -176,30 +174,16 @@ def test_ddpg_learns_a_known_answer(surrogate_problem):
     assert r[s == 1.0].max() < 0.15 and r[s < 1.0].min() > 0.6, r  # it spares the sensitive half
 
 
-def _write_idx(path: Path, arr: np.ndarray) -> None:
-    header = bytes([0, 0, 8, arr.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
-    with gzip.open(path, "wb", compresslevel=1) as f:
-        f.write(header + np.ascontiguousarray(arr).tobytes())
-
-
-@pytest.mark.skipif(not (FASHION / "train-images-idx3-ubyte.gz").exists(),
-                    reason="Fashion-MNIST is not installed in /usr/share/datasets/fashion-mnist")
-def test_cli_search_with_ddpg(tmp_path):
+@needs_fashion
+def test_cli_search_with_ddpg(tmp_path, fmnist_subset):
     from typer.testing import CliRunner
 
     from autoprune.cli import app
-    from autoprune.data import _read_idx
 
-    data = tmp_path / "fmnist"
-    data.mkdir()
-    for prefix, n in (("train", 1000), ("t10k", 200)):
-        for kind in ("images-idx3", "labels-idx1"):
-            name = f"{prefix}-{kind}-ubyte.gz"
-            _write_idx(data / name, _read_idx(FASHION / name)[:n])
     out = tmp_path / "run"
     result = CliRunner().invoke(app, [
         "search", "resnet20", "--agent", "ddpg", "--evals", "3", "--weights", "random", "--heldout", "200",
-        "--calib-batches", "2", "--budget", "50%FLOPs", "--data", f"fashion-mnist:{data}", "--out", str(out)])
+        "--calib-batches", "2", "--budget", "50%FLOPs", "--data", fmnist_subset, "--out", str(out)])
     assert result.exit_code == 0, result.output
     policy = json.loads((out / "policy.json").read_text())
     assert policy["agent"] == "ddpg" and policy["evaluations"] == 3

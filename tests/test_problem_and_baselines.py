@@ -177,7 +177,7 @@ class SurrogateAccuracy:
 
 
 def test_random_search_learns_unequal_sensitivities(setup):
-    graph, space = setup[1], setup[2]
+    graph = setup[1]
     # the first stage is very sensitive, the rest almost free to prune
     s = np.where(np.array([g.name.startswith("layer1.") for g in graph.groups]), 1.0, 0.01)
     assert 0 < s.sum() and (s == 1.0).sum() == 3
