@@ -229,8 +229,8 @@ def list_agents() -> None:
 def sweep(
     sweep_file: Annotated[Path, typer.Argument(metavar="SWEEP.yaml", help="Sweep file: models, budgets, agents, "
                                                "seeds, evals and shared search options (see docs/sweeps.md).")],
-    address: Annotated[str | None, typer.Option(help="Join this Ray cluster (e.g. ray://head:10001 or auto). "
-                                                "Default: a local Ray with this machine's cores.")] = None,
+    address: Annotated[str | None, typer.Option(help="Join this Ray cluster: auto (run on one of its nodes) or "
+                                                "HOST:PORT. Default: a local Ray with this machine's cores.")] = None,
     out: Annotated[Path | None, typer.Option(help="Sweep folder (must be new unless --resume). "
                                              "Default sweeps/NAME, NAME the sweep file's stem.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the sweep in --out: finished trials are kept, "

@@ -151,7 +151,7 @@ def parse_sweep(text: str, source: str = "sweep file") -> SweepSpec:
 
         if search["criterion"] not in CRITERIA:
             raise UserError(f"{source}: unknown criterion '{search['criterion']}': one of {', '.join(CRITERIA)}")
-    search = _absolute_paths(search)
+    search = _absolute_paths(search, shared)
 
     spec = SweepSpec(models, budgets, agent_names, seeds,
                      evals=_per_key(data.get("evals"), "evals", agent_names, "agent", int, source),
@@ -307,13 +307,29 @@ def _number(data: dict, key: str, typ: type, source: str, *, default, minimum: f
     return typ(value)
 
 
+def _is_path(hint) -> bool:
+    return hint is Path or Path in typing.get_args(hint)
+
+
+def _search_config(fields: dict, **extra):
+    """A SearchConfig from a trial's JSON-able fields: Path-typed ones back to Path."""
+    from autoprune.search import SearchConfig
+
+    hints = typing.get_type_hints(SearchConfig)
+    return SearchConfig(**{k: Path(v) if isinstance(v, str) and _is_path(hints[k]) else v for k, v in fields.items()},
+                        **extra)
+
+
 def _absolute_file(path: str) -> str:
     """Ray runs each trial in its own working directory: make paths that exist here absolute."""
     return str(Path(path).resolve()) if Path(path).exists() else path
 
 
-def _absolute_paths(search: dict) -> dict:
+def _absolute_paths(search: dict, hints: dict[str, object]) -> dict:
     out = dict(search)
+    for key, value in search.items():
+        if isinstance(value, str) and _is_path(hints[key]):
+            out[key] = _absolute_file(value)
     data = out.get("data")
     if isinstance(data, str):  # fashion-mnist:ROOT, cifar10:ROOT, imagenet:PATH, folder:PATH
         kind, sep, arg = data.partition(":")
@@ -410,7 +426,7 @@ def _trial(config: dict, *, trials: dict[str, dict], runs: str, threads: int) ->
     import torch
     from ray import tune
 
-    from autoprune.search import SearchConfig, run_search
+    from autoprune.search import run_search
 
     torch.set_num_threads(threads)
     name = config["trial"]
@@ -419,7 +435,7 @@ def _trial(config: dict, *, trials: dict[str, dict], runs: str, threads: int) ->
         tune.report(_final_metrics(json.loads((out / "policy.json").read_text())))
         return
     # An earlier attempt that got as far as its study continues it instead of starting over.
-    cfg = SearchConfig(**trials[name], out=out, resume=(out / "run.json").exists())
+    cfg = _search_config(trials[name], out=out, resume=(out / "run.json").exists())
 
     def on_result(result, problem) -> None:
         best = problem.best
