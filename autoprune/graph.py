@@ -68,6 +68,7 @@ class Layer:
     macs: float
     params: float
     group: int  # group that prunes its output channels, -1 if fixed
+    in_hw: int = 1  # input positions (h*w) of the layer
 
 
 class CostPolynomial:
@@ -93,6 +94,9 @@ class PruningGraph:
     base_macs: float
     base_params: float
     ignored: list[str] = field(default_factory=list)
+    # (n_layers, 2, n_groups + 1): in and out channels of every layer as affine functions of the
+    # kept vector ([coefficients | constant]); exact for residual, concatenated and depthwise layers
+    layer_io: np.ndarray | None = None
 
     @property
     def channels(self) -> np.ndarray:
@@ -106,6 +110,10 @@ class PruningGraph:
 
     def group_names(self) -> list[str]:
         return [g.name for g in self.groups]
+
+    def layer_channels(self, kept: np.ndarray) -> np.ndarray:
+        """(n_layers, 2) in and out channels of every layer when each group keeps `kept` channels."""
+        return self.layer_io[:, :, :-1] @ np.asarray(kept, dtype=np.float64) + self.layer_io[:, :, -1]
 
 
 def _dependency_graph(model: nn.Module, example: torch.Tensor) -> tp.DependencyGraph:
@@ -224,8 +232,9 @@ def build_graph(model: nn.Module, input_shape: tuple[int, ...], *, model_id: str
 
     layers = _layers(layer_calls, groups, macs_terms, params_terms, factors, full)
     edges = _edges(dg, [modules[lay.name] for lay in layers])
+    layer_io = _layer_io(calls, layers, factors)
     return PruningGraph(model_id, tuple(input_shape), groups, layers, edges, macs_poly, params_poly,
-                        base_macs, base_params, sorted(ignored))
+                        base_macs, base_params, sorted(ignored), layer_io)
 
 
 def _is_depthwise(m: nn.Module) -> bool:
@@ -319,8 +328,22 @@ def _layers(layer_calls: list[tuple], groups: list[Group], macs_terms, params_te
             out_hw=int(np.prod(oshape[2:])) if len(oshape) > 2 else 1,
             macs=_term_value(macs_terms, name, factors, full),
             params=_term_value(params_terms, name, factors, full),
-            group=owner_group.get(name, -1)))
+            group=owner_group.get(name, -1),
+            in_hw=int(np.prod(ishape[2:])) if len(ishape) > 2 and not isinstance(m, nn.Linear) else 1))
     return out
+
+
+def _layer_io(calls: list[tuple], layers: list[Layer], factors: np.ndarray) -> np.ndarray:
+    """Rows of `factors` for the in/out channel dim of each layer's first call (positions as in _cost_terms)."""
+    rows: dict[str, tuple[int, int]] = {}
+    pos = 0
+    for name, m, ishape, oshape in calls:
+        if name not in rows and isinstance(m, LAYER_TYPES):
+            axis_in = len(ishape) - 1 if isinstance(m, nn.Linear) else 1  # Linear acts on the last dim
+            axis_out = len(oshape) - 1 if isinstance(m, nn.Linear) else 1
+            rows[name] = (pos + axis_in, pos + len(ishape) + axis_out)
+        pos += len(ishape) + len(oshape)
+    return np.stack([factors[list(rows[lay.name])] for lay in layers])
 
 
 def _edges(dg: tp.DependencyGraph, layer_modules: list[nn.Module]) -> list[tuple[int, int]]:

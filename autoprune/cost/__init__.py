@@ -1,8 +1,10 @@
 """Cost models: what a policy costs, computed without building the pruned model.
 
 Every searcher, the env and the budgets read costs only through a `CostModel`. The analytic
-ones here come from the search space (the graph's exact MACs/params polynomials); latency
-look-up tables plug in behind the same protocol.
+ones here come from the search space (the graph's exact MACs/params polynomials); memory
+(`memory.py`: weight and peak activation bytes), the latency lookup table (`lut.py`, profiled
+by `profile.py` over the timing units of `units.py`) and measured latency (`measured.py`) plug
+in behind the same protocol under the metrics "weight_bytes", "activation_bytes", "latency_ms".
 """
 from __future__ import annotations
 
