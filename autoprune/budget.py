@@ -1,10 +1,14 @@
-"""Budgets: parsing ("50%FLOPs", "2.1GFLOPs", "1.5Mparams"), feasibility, and projection.
+"""Budgets: parsing ("50%FLOPs", "2.1GFLOPs", "1.5Mparams", "12ms", "60%latency"), feasibility, projection.
 
 FLOPs here are multiply-accumulates as counted by Torch-Pruning / thop / ptflops (the convention
 of the pruning literature: ResNet-50 = 4.1 GFLOPs). Several budgets may hold at once; a policy
 must meet every one. `project` brings any ratio vector into the budget and, where the grid
 allows, to within `tolerance` (0.5%) below the binding target, so searchers compare policies at
 the same cost rather than rewarding whoever prunes least.
+
+Latency budgets are milliseconds of the metric "latency_ms": absolute with a time unit ("12ms",
+"0.5s", "800us") or relative to the unpruned model ("60%latency"); the search supplies the
+latency cost model (a lookup table profiled on the target device) only when one is asked for.
 """
 from __future__ import annotations
 
@@ -16,21 +20,27 @@ import numpy as np
 
 from autoprune.errors import UserError
 
-METRIC_ALIASES = {"flops": "macs", "macs": "macs", "params": "params", "parameters": "params"}
+METRIC_ALIASES = {"flops": "macs", "macs": "macs", "params": "params", "parameters": "params",
+                  "latency": "latency_ms"}
 UNITS = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
-BUDGET_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(%|[kKmMgGtT])?\s*([A-Za-z]+)\s*$")
+TIME_UNITS_MS = {"ms": 1.0, "s": 1e3, "us": 1e-3, "µs": 1e-3}
+NUMBER = r"(\d+(?:\.\d*)?|\.\d+)"
+BUDGET_RE = re.compile(rf"^\s*{NUMBER}\s*(%|[kKmMgGtT])?\s*([A-Za-z]+)\s*$")
+TIME_RE = re.compile(rf"^\s*{NUMBER}\s*(ms|s|us|µs)\s*$")
 TOLERANCE = 0.005
+MALFORMED = "use e.g. 50%FLOPs, 2.1GFLOPs, 600MFLOPs, 60%params, 1.5Mparams, 12ms, 60%latency"
 
 
 @dataclass(frozen=True)
 class Budget:
-    metric: str  # "macs" | "params"
+    metric: str  # "macs" | "params" | "latency_ms"
     target: float  # absolute upper bound
     text: str  # as the user wrote it
     relative: float | None = None  # fraction of the base model when given as a percentage
 
     def describe(self, base: float) -> str:
-        return f"{self.text} (≤ {human(self.target)} {self.metric}, {self.target / base:.1%} of the model)"
+        amount = f"{self.target:.3g} ms" if self.metric == "latency_ms" else f"{human(self.target)} {self.metric}"
+        return f"{self.text} (≤ {amount}, {self.target / base:.1%} of the model)"
 
 
 def human(x: float) -> str:
@@ -40,13 +50,33 @@ def human(x: float) -> str:
     return f"{x:.3g}"
 
 
-def parse_budget(text: str, base: dict[str, float]) -> Budget:
-    """'50%FLOPs' -> Budget('macs', 0.5 * base['macs']); refuses malformed input with one line."""
+def budget_metric(text: str) -> str:
+    """The metric a budget names ("macs", "params", "latency_ms"), before any cost model exists.
+
+    The search reads this first: a latency cost model costs a profiling run, built only when asked for.
+    """
+    return _parse(text)[0]
+
+
+def _parse(text: str) -> tuple[str, float, str]:
+    """(metric, value, unit) of a budget text; unit "%" for relative budgets, "ms" for times."""
+    t = TIME_RE.match(text)
+    if t:
+        return "latency_ms", float(t.group(1)) * TIME_UNITS_MS[t.group(2)], "ms"
     m = BUDGET_RE.match(text)
     metric = METRIC_ALIASES.get(m.group(3).lower()) if m else None
     if not m or metric is None:
-        raise UserError(f"malformed budget '{text}': use e.g. 50%FLOPs, 2.1GFLOPs, 600MFLOPs, 60%params, 1.5Mparams")
-    value, unit = float(m.group(1)), (m.group(2) or "")
+        raise UserError(f"malformed budget '{text}': {MALFORMED}")
+    unit = m.group(2) or ""
+    if metric == "latency_ms" and unit != "%":
+        raise UserError(f"malformed budget '{text}': give latency as a time (12ms, 0.5s, 800us) or "
+                        f"relative to the unpruned model (60%latency)")
+    return metric, float(m.group(1)), unit
+
+
+def parse_budget(text: str, base: dict[str, float]) -> Budget:
+    """'50%FLOPs' -> Budget('macs', 0.5 * base['macs']); refuses malformed input with one line."""
+    metric, value, unit = _parse(text)
     if metric not in base:
         raise UserError(f"budget '{text}': no cost model for {metric}")
     if unit == "%":
@@ -55,7 +85,7 @@ def parse_budget(text: str, base: dict[str, float]) -> Budget:
         return Budget(metric, base[metric] * value / 100.0, text, value / 100.0)
     if value <= 0:
         raise UserError(f"budget '{text}' must be positive")
-    return Budget(metric, value * UNITS[unit.lower()], text)
+    return Budget(metric, value if unit == "ms" else value * UNITS[unit.lower()], text)
 
 
 class BudgetSet:
