@@ -65,8 +65,12 @@ def train(
 
 
 BudgetOpt = Annotated[list[str], typer.Option(
-    "--budget", help="Budget, repeatable (all must hold): 50%FLOPs, 2.1GFLOPs, 600MFLOPs, 60%params, 1.5Mparams. "
-    "FLOPs are multiply-accumulates, as Torch-Pruning counts them.")]
+    "--budget", help="Budget, repeatable (all must hold): 50%FLOPs, 2.1GFLOPs, 600MFLOPs, 60%params, 1.5Mparams, "
+    "12ms, 60%latency. FLOPs are multiply-accumulates, as Torch-Pruning counts them; latency is predicted by "
+    "a lookup table profiled on --device at --batch/--threads (cached; see `autoprune profile`).")]
+BatchOpt = Annotated[int, typer.Option("--batch", help="Batch size at which latency is measured and budgeted.")]
+ThreadsOpt = Annotated[int | None, typer.Option(
+    "--threads", help="CPU threads latency is measured with. Default: torch's (all cores unless OMP_NUM_THREADS).")]
 
 
 @app.command()
@@ -104,6 +108,11 @@ def search(
                                          "model copy (random and the Optuna samplers propose in batches).")] = 1,
     ray_address: Annotated[str | None, typer.Option(help="Ray cluster for --workers (default: a local Ray "
                                                     "with this machine's cores).")] = None,
+    batch: BatchOpt = 1,
+    threads: ThreadsOpt = None,
+    latency_table: Annotated[Path | None, typer.Option(help="Latency table file to use (made by `autoprune "
+                                                       "profile --out`). Default: the cache for this model "
+                                                       "and device, profiled first if missing.")] = None,
 ) -> None:
     """Search per-group prune ratios that keep the most held-out accuracy within the budget(s)."""
     from autoprune.search import SearchConfig
@@ -113,8 +122,42 @@ def search(
                        seed=seed, out=out, storage=storage, resume=resume, device=device, space=space,
                        max_ratio=max_ratio, round_to=round_to, criterion=criterion, heldout=heldout,
                        calib_batches=calib_batches, finetune_epochs=finetune_epochs, ignore=list(ignore),
-                       workers=workers, ray_address=ray_address)
+                       workers=workers, ray_address=ray_address, batch=batch, threads=threads,
+                       latency_table=latency_table)
     run_search_with_progress(cfg, console)
+
+
+@app.command()
+def profile(
+    model: Annotated[str, typer.Argument(help="Model name (see `autoprune models`) or package.module:factory.")],
+    device: DeviceOpt = "auto",
+    batch: BatchOpt = 1,
+    threads: ThreadsOpt = None,
+    data: DataOpt = "fashion-mnist",
+    weights: WeightsOpt = None,
+    input_shape: Annotated[str | None, typer.Option(help="CxHxW input (e.g. 3x224x224) instead of the "
+                                                    "dataset's; no data is loaded then.")] = None,
+    classes: Annotated[int, typer.Option(help="Classes of the model with --input-shape.")] = 1000,
+    out: Annotated[Path | None, typer.Option(help="Table file. Default: the cache searches read "
+                                             "($AUTOPRUNE_LATENCY_DIR or ~/.cache/autoprune/latency).")] = None,
+    grid: Annotated[int, typer.Option(help="Timed channel counts per prunable axis of each layer shape.")] = 8,
+    repeats: Annotated[int, typer.Option(help="Timed runs per grid point (median).")] = 25,
+    calibration: Annotated[int, typer.Option(help="Random pruned models timed whole to calibrate the "
+                                             "table.")] = 8,
+    force: Annotated[bool, typer.Option(help="Profile afresh even if the table exists.")] = False,
+) -> None:
+    """Profile a latency lookup table of MODEL on this device (resumable); searches with a latency budget reuse it."""
+    from autoprune.cost.profile import ProfileSettings
+    from autoprune.ui import profile_with_progress
+    from autoprune.workflows import profile_model
+
+    settings = ProfileSettings(device=device, batch=batch, threads=threads, grid=grid, repeats=repeats,
+                               calibration=calibration)
+    result = profile_with_progress(console, lambda on_progress: profile_model(
+        model, settings, data=data, weights=weights, input_shape=input_shape, classes=classes, out=out,
+        force=force, on_progress=on_progress))
+    for key, value in result.items():
+        typer.echo(f"{key}: {value}")
 
 
 @app.command()

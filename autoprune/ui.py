@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 from rich import box
+from collections.abc import Callable
+
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -13,8 +15,9 @@ from autoprune.search import SearchConfig, execute_search, prepare_search
 
 def run_search_with_progress(cfg: SearchConfig, console: Console) -> dict:
     # Validate before any bar is drawn, so bad input prints only its one error line.
-    with console.status("loading model and data, analysing the graph"):
-        out, setup = prepare_search(cfg)
+    with console.status("loading model and data, analysing the graph") as status:
+        out, setup = prepare_search(cfg, on_profile=lambda what, done, total: status.update(
+            f"profiling latency on this device (once, then cached): {what}, step {done}/{total}"))
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
                         TextColumn("{task.fields[best]}"), console=console, transient=False)
@@ -51,8 +54,13 @@ def summary_table(s: dict) -> Table:
     if "finetuned_test_accuracy" in s:
         t.add_row(f"test top-1, fine-tuned {s['finetune_epochs']} ep", "", f"{s['finetuned_test_accuracy']:.4f}",
                   f"{s['finetuned_test_accuracy'] - s['base_test_accuracy']:+.4f}")
-    t.add_row("CPU latency (batch 1)", f"{s['base_latency_ms']:.2f} ms", f"{s['latency_ms']:.2f} ms",
+    where = f"{s.get('latency_device', 'cpu').upper()} latency (batch {s.get('latency_batch', 1)})"
+    t.add_row(f"{where}, measured", f"{s['base_latency_ms']:.2f} ms", f"{s['latency_ms']:.2f} ms",
               f"{s['base_latency_ms'] / s['latency_ms']:.2f}x faster")
+    if "predicted_latency_ms" in s:
+        t.add_row(f"{where}, lookup table", f"{s['base_predicted_latency_ms']:.2f} ms",
+                  f"{s['predicted_latency_ms']:.2f} ms",
+                  f"{s['base_predicted_latency_ms'] / s['predicted_latency_ms']:.2f}x faster")
     return t
 
 
@@ -92,3 +100,23 @@ def sweep_tables(results: dict) -> list:
 def _compact_table(title: str) -> Table:
     # ten columns within an 80-column terminal (or a log file): light rules, one space between columns
     return Table(title=title, box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False)
+
+
+def profile_with_progress(console: Console, job: Callable[[Callable[[str, int, int], None]], dict]) -> dict:
+    """Run `job(on_progress)` (a latency profile) under a progress bar with ETA.
+
+    The bar appears with the first step timed: bad input, refused before any timing, prints only
+    its one error line, and a table that is already complete prints no bar at all.
+    """
+    progress = Progress(TextColumn("[bold]profiling {task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console)
+    task = progress.add_task("latency table", total=None)
+
+    def on_progress(what: str, done: int, total: int) -> None:
+        progress.start()  # idempotent
+        progress.update(task, description=what, completed=done, total=total)
+
+    try:
+        return job(on_progress)
+    finally:
+        progress.stop()

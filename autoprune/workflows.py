@@ -1,4 +1,4 @@
-"""End-to-end jobs behind the CLI commands (train, search, apply, finetune, evaluate).
+"""End-to-end jobs behind the CLI commands (train, search, apply, finetune, evaluate, profile).
 
 Each takes plain values / config objects, so scripts and notebooks get the same behaviour as the CLI.
 """
@@ -66,3 +66,43 @@ def evaluate_model(model: str, *, data: str = "fashion-mnist", weights: str | No
     return {"heldout_accuracy": accuracy(net.to(dev), bundle_data.heldout, dev)["top1"],
             "test_accuracy": accuracy(net, bundle_data.test, dev)["top1"],
             "macs": graph.base_macs, "params": graph.base_params}
+
+
+def profile_model(model: str, settings, *, data: str = "fashion-mnist", weights: str | None = None,
+                  input_shape: str | None = None, classes: int = 1000, out: Path | None = None,
+                  force: bool = False, on_progress: Callable[[str, int, int], None] | None = None) -> dict:
+    """Profile (or finish, or just load) the latency table of a model; returns what the CLI prints.
+
+    The input shape comes from the dataset, or from `input_shape` ("3x224x224") without loading
+    any data. Latency does not depend on weight values, so without shipped weights (or --weights)
+    the model is initialised at random rather than refused.
+    """
+    from autoprune.cost.lut import describe_fingerprint
+    from autoprune.cost.profile import profile_latency
+    from autoprune.errors import UserError
+    from autoprune.graph import build_graph
+    from autoprune.zoo import SMALL_MODELS, shipped_weights
+
+    if input_shape is not None:
+        try:
+            shape = tuple(int(d) for d in input_shape.lower().split("x"))
+        except ValueError:
+            shape = ()
+        if len(shape) < 2 or min(shape) < 1:
+            raise UserError(f"malformed --input-shape '{input_shape}': use CxHxW, e.g. 3x224x224")
+        num_classes, in_channels, dataset = classes, shape[0], None
+    else:
+        bundle_data = load_data(data, heldout_size=1)  # only its shape and classes matter here
+        num_classes, in_channels, dataset = bundle_data.num_classes, bundle_data.in_channels, bundle_data.name
+        shape = (in_channels, *bundle_data.input_size)
+    if weights is None and (model not in SMALL_MODELS or shipped_weights(model, dataset or "") is None):
+        weights = "random"
+    bundle = build_model(model, num_classes=num_classes, in_channels=in_channels, dataset=dataset, weights=weights)
+    shape = (bundle.in_channels, *shape[1:])  # torchvision nets take 3 channels (grey images are repeated)
+    graph = build_graph(bundle.model, shape, model_id=model)
+    prof = profile_latency(bundle.model, graph, settings, path=out, force=force, on_progress=on_progress)
+    t = prof.table
+    return {"table": str(prof.path), "device": describe_fingerprint(t.fingerprint), "input": "x".join(map(str, shape)),
+            "batch": t.batch, "layer_shapes": len(t.tables), "layers": len(prof.units),
+            "base_latency_ms": round(t.base_ms, 4), "calibration_scale": round(t.calibration["scale"], 4),
+            "calibration_offset_ms": round(t.calibration["offset"], 4), "profile_seconds": round(t.seconds, 1)}
