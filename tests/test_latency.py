@@ -1,0 +1,312 @@
+"""Hardware cost models: latency lookup table (build, prediction, cache, resume, fingerprint),
+latency budgets, memory costs, and latency budgets inside a search.
+
+Timings here run on whatever machine runs the tests, often a busy one: assertions on measured
+latency are loose (rank correlation over policies whose latency differs several-fold).
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from conftest import needs_fashion
+from scipy.stats import spearmanr
+from tiny_nets import tiny_net
+
+from autoprune.budget import budget_metric, parse_budget
+from autoprune.cost.lut import LatencyTable, LatencyTableCost
+from autoprune.cost.measured import MeasuredLatencyCost, measure_latency_ms
+from autoprune.cost.memory import PeakActivationBytes, WeightBytes
+from autoprune.cost.profile import ProfileSettings, latency_cost_model, profile_latency
+from autoprune.cost.units import discover_units
+from autoprune.errors import UserError
+from autoprune.graph import build_graph
+from autoprune.problem import Problem
+from autoprune.search_spaces import ChannelSpace
+from surrogate import QuadraticAccuracy, RatioSpace
+
+SHAPE = (1, 28, 28)
+FAST = ProfileSettings(device="cpu", threads=1, grid=4, warmup=3, repeats=10, model_repeats=20, calibration=3)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    model = tiny_net().eval()
+    graph = build_graph(model, SHAPE, model_id="tiny")
+    return model, graph, ChannelSpace(graph)
+
+
+@pytest.fixture(scope="module")
+def profiled(tiny, tmp_path_factory):
+    model, graph, space = tiny
+    path = tmp_path_factory.mktemp("lut") / "tiny.json"
+    start = time.perf_counter()
+    prof = profile_latency(model, graph, FAST, path=path)
+    return prof, time.perf_counter() - start
+
+
+# -- budgets ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("text, target, relative", [
+    ("12ms", 12.0, None), ("0.5s", 500.0, None), ("800us", 0.8, None), (" 12 ms ", 12.0, None),
+    ("60%latency", 6.0, 0.6), ("100%Latency", 10.0, 1.0),
+])
+def test_parse_latency_budget(text, target, relative):
+    b = parse_budget(text, {"macs": 1e9, "params": 1e6, "latency_ms": 10.0})
+    assert b.metric == "latency_ms" and budget_metric(text) == "latency_ms"
+    assert b.target == pytest.approx(target)
+    assert b.relative == (pytest.approx(relative) if relative else None)
+
+
+@pytest.mark.parametrize("text", ["12 latency", "5klatency", "ms", "12msec", "-3ms", "0ms", "150%latency",
+                                  "12mss", "60%lat", "12 m s"])
+def test_malformed_latency_budgets_raise_one_line(text):
+    with pytest.raises(UserError) as info:
+        parse_budget(text, {"macs": 1e9, "latency_ms": 10.0})
+    assert "\n" not in str(info.value) and text.strip() in str(info.value)
+
+
+def test_latency_budget_needs_a_latency_cost_model():
+    assert budget_metric("50%FLOPs") == "macs"
+    with pytest.raises(UserError, match="no cost model for latency_ms"):
+        parse_budget("60%latency", {"macs": 1e9, "params": 1e6})
+
+
+# -- the table ---------------------------------------------------------------------------------------
+def test_units_share_tables_and_cover_every_layer(tiny):
+    model, graph, _ = tiny
+    units = discover_units(model, graph, points=4)
+    assert [u.name for u in units] == [lay.name for lay in graph.layers]
+    assert len({u.key for u in units}) == len(units) - 1  # features.9 and features.12 share one table
+    conv = next(u for u in units if u.name == "features.9")
+    assert conv.norm is not None and conv.act is not None
+    assert conv.in_grid[-1] == conv.out_grid[-1] == 64 and len(conv.in_grid) == len(conv.out_grid) == 4
+    stem = units[0]
+    assert stem.in_grid == [1] and stem.out_grid == [16]  # fixed: one point
+
+
+def test_lut_builds_fast_and_tracks_measured_latency(tiny, profiled):
+    model, graph, space = tiny
+    prof, seconds = profiled
+    assert seconds < 30
+    assert prof.table.complete and len(prof.table.calibration["points"]) == FAST.calibration
+    cost = LatencyTableCost(space, prof.predictor, prof.table)
+    ratios = [np.full(space.size, r) for r in (0.0, 0.3, 0.5, 0.65, 0.8)]
+    predicted = np.array([cost.cost(r) for r in ratios])
+    # the truth, robust to a busy machine: interleaved rounds, fastest round per policy
+    models = [space.apply(model, r) for r in ratios]
+    truth = np.min([[measure_latency_ms(m, SHAPE, threads=1, repeats=20) for m in models] for _ in range(3)], axis=0)
+    # pruning uniformly more is never predicted slower (the table is monotone), and clearly faster overall
+    assert np.all(np.diff(predicted) <= 0) and predicted[-1] < 0.8 * predicted[0], predicted
+    assert spearmanr(predicted, truth)[0] >= 0.7, (predicted, truth)
+    assert np.all((predicted / truth > 1 / 3) & (predicted / truth < 3)), (predicted, truth)
+    measured = MeasuredLatencyCost(model, space, threads=1, repeats=10)
+    assert measured.cost(ratios[2]) > 0 and len(measured._cache) == 1
+    measured.cost(ratios[2])
+    assert len(measured._cache) == 1  # cached by policy
+
+
+def test_prediction_interpolates_the_table_and_is_fast(tiny, profiled):
+    _, graph, space = tiny
+    prof, _ = profiled
+    table, predictor = prof.table, prof.predictor
+    full = graph.channels
+    units_full = sum(np.max(table.tables[u.key]["ms"]) for u in prof.units)  # monotone: the widest is the max
+    assert predictor.units_ms(full) == pytest.approx(units_full)
+    assert predictor.raw_ms(full) == pytest.approx(table.base_ms)
+    cost = LatencyTableCost(space, predictor, table)
+    r = np.full(space.size, 0.4)
+    start = time.perf_counter()
+    for _ in range(200):
+        cost.cost(r)
+    assert (time.perf_counter() - start) / 200 < 1e-3
+
+
+def test_table_is_reused_and_resumes_after_interrupt(tiny, profiled, tmp_path):
+    model, graph, _ = tiny
+    prof, _ = profiled
+    calls = []
+    again = profile_latency(model, graph, FAST, path=prof.path, on_progress=lambda *a: calls.append(a))
+    assert calls == [] and again.table.calibration == prof.table.calibration  # loaded, nothing timed
+
+    path = tmp_path / "partial.json"
+
+    def interrupt(what, done, total):
+        calls.append(total)
+        if done == 6:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        profile_latency(model, graph, FAST, path=path, on_progress=interrupt)
+    partial = LatencyTable.load(path)
+    assert not partial.complete and 0 < len(partial.tables) < len(prof.table.tables)
+    first_total = calls[-1]
+    rest = []
+    done = profile_latency(model, graph, FAST, path=path, on_progress=lambda w, d, t: rest.append(t))
+    assert done.table.complete and set(done.table.tables) == set(prof.table.tables)
+    assert rest[-1] < first_total  # only what was missing was timed
+
+
+def test_fingerprint_mismatch_asks_to_reprofile(tiny, profiled, tmp_path):
+    model, graph, _ = tiny
+    prof, _ = profiled
+    data = json.loads(prof.path.read_text())
+    data["fingerprint"]["cpu"] = "Some Other CPU 9000"
+    foreign = tmp_path / "foreign.json"
+    foreign.write_text(json.dumps(data))
+    with pytest.raises(UserError) as info:
+        profile_latency(model, graph, FAST, path=foreign)
+    msg = str(info.value)
+    assert "\n" not in msg and "Some Other CPU 9000" in msg
+    assert "re-profile" in msg and "autoprune profile tiny --device cpu --batch 1 --threads 1" in msg
+
+    data["fingerprint"] = prof.table.fingerprint
+    data["batch"] = 8
+    foreign.write_text(json.dumps(data))
+    with pytest.raises(UserError, match="batch 8"):
+        profile_latency(model, graph, FAST, path=foreign)
+
+
+def test_default_cache_is_keyed_by_device(tiny, tmp_path, monkeypatch):
+    model, graph, space = tiny
+    monkeypatch.setenv("AUTOPRUNE_LATENCY_DIR", str(tmp_path))
+    cheap = ProfileSettings(device="cpu", threads=1, grid=2, warmup=1, repeats=5, model_repeats=5, calibration=2)
+    cost = latency_cost_model(model, space, cheap)
+    assert cost.path.parent == tmp_path and "tiny-1x28x28-b1-cpu-" in cost.path.name
+    monkeypatch.setattr("autoprune.cost.profile.cpu_model", lambda: "Another CPU")
+    other = latency_cost_model(model, space, cheap)
+    assert other.path.parent == tmp_path and other.path != cost.path  # another machine, another table
+    assert other.table.fingerprint["cpu"] == "Another CPU"
+
+
+def test_unstructured_space_refuses_latency(tiny):
+    model, graph, _ = tiny
+
+    class Unstructured:
+        kind = "unstructured"
+
+    with pytest.raises(UserError, match="channel space"):
+        latency_cost_model(model, Unstructured(), FAST)
+
+
+# -- latency budgets drive the problem -----------------------------------------------------------------
+def test_latency_budget_projection_and_env(tiny, profiled):
+    from autoprune.envs.layerwise import LayerPruningEnv
+
+    model, graph, space = tiny
+    prof, _ = profiled
+    costs = {"macs": None, "params": None}
+    from autoprune.cost import analytic_cost_models
+
+    costs = analytic_cost_models(space)
+    costs["latency_ms"] = LatencyTableCost(space, prof.predictor, prof.table)
+    base = {m: c.cost(np.zeros(space.size)) for m, c in costs.items()}
+    budgets = [parse_budget("70%latency", base), parse_budget("90%FLOPs", base)]
+    problem = Problem(model, RatioSpace(space), budgets, QuadraticAccuracy(np.full(space.size, 0.1)),
+                      cost_models=costs)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        r = problem.project(rng.uniform(0, 0.8, space.size), rng)
+        c = problem.costs(r)
+        assert problem.budgets.satisfied(c)
+        assert c["latency_ms"] <= 0.7 * base["latency_ms"] * (1 + 1e-9)
+    env = LayerPruningEnv(problem)
+    for _ in range(3):
+        env.reset(seed=0)
+        done = False
+        while not done:
+            _, _, done, _, info = env.step(env.action_space.sample() * 0.0)  # prune nothing: the wall must act
+        assert info["costs"]["latency_ms"] <= 0.7 * base["latency_ms"] * (1 + 1e-9)
+
+
+# -- memory ---------------------------------------------------------------------------------------
+def test_memory_costs(tiny):
+    model, graph, space = tiny
+    weights = WeightBytes(space)
+    zeros, half = np.zeros(space.size), np.full(space.size, 0.5)
+    assert weights.cost(zeros) == 4 * sum(p.numel() for p in model.parameters())
+    assert weights.cost(half) == 4 * space.params(half)
+
+    shapes = {}
+
+    def record(name):
+        def hook(module, inputs, output) -> None:
+            shapes[name] = (inputs[0].numel(), output.numel())
+        return hook
+
+    hooks = [m.register_forward_hook(record(n))
+             for n, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    with torch.no_grad():
+        model(torch.randn(1, *SHAPE))
+    for h in hooks:
+        h.remove()
+    act = PeakActivationBytes(space)
+    assert act.cost(zeros) == 4 * max(i + o for i, o in shapes.values())
+    assert PeakActivationBytes(space, batch=8).cost(zeros) == 8 * act.cost(zeros)
+    assert act.cost(np.full(space.size, 0.8)) < act.cost(zeros)
+
+
+# -- command line ---------------------------------------------------------------------------------------
+def _main(args: list[str], capsys, monkeypatch) -> tuple[int, str, str]:
+    from autoprune.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["autoprune", *args])
+    capsys.readouterr()
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_profile_command_writes_table_and_refuses_foreign_one(tmp_path, capsys, monkeypatch):
+    table = tmp_path / "tiny.json"
+    args = ["profile", "tiny_nets:tiny_net", "--input-shape", "1x28x28", "--classes", "10", "--device", "cpu",
+            "--threads", "1", "--grid", "2", "--repeats", "5", "--calibration", "2", "--out", str(table)]
+    code, out, err = _main(args, capsys, monkeypatch)
+    assert code == 0, err
+    assert f"table: {table}" in out and "layer_shapes: 5" in out and table.exists()
+
+    data = json.loads(table.read_text())
+    data["fingerprint"]["torch"] = "0.0.1"
+    table.write_text(json.dumps(data))
+    code, _, err = _main(args, capsys, monkeypatch)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and "re-profile" in lines[0] and "torch 0.0.1" in lines[0], err
+
+    code, _, err = _main(["profile", "tiny_nets:tiny_net", "--input-shape", "28x28x"], capsys, monkeypatch)
+    assert code == 2 and "malformed --input-shape" in err
+
+
+@needs_fashion
+def test_search_under_latency_and_flops_budgets(tmp_path, fmnist_subset, capsys, monkeypatch):
+    """End to end: `profile` fills the cache, the search reuses that table, every evaluation meets both budgets."""
+    monkeypatch.setenv("AUTOPRUNE_LATENCY_DIR", str(tmp_path / "cache"))
+    data = fmnist_subset
+    code, _, err = _main(["profile", "tiny_nets:tiny_net", "--data", data, "--device", "cpu", "--threads", "1",
+                          "--grid", "3", "--repeats", "5", "--calibration", "3"], capsys, monkeypatch)
+    assert code == 0, err
+    (table,) = (tmp_path / "cache").glob("tiny_nets_tiny_net-1x28x28-b1-cpu-*.json")
+    profiled = table.read_text()
+    out = tmp_path / "run"
+    code, _, err = _main(["search", "tiny_nets:tiny_net", "--budget", "70%latency", "--budget", "90%FLOPs",
+                          "--weights", "random", "--evals", "3", "--heldout", "200", "--calib-batches", "1",
+                          "--data", data, "--device", "cpu", "--threads", "1", "--out", str(out)],
+                         capsys, monkeypatch)
+    assert code == 0, err
+    meta = json.loads((out / "policy.json").read_text())
+    assert meta["predicted_latency_ms"] <= 0.7 * meta["base_predicted_latency_ms"] * (1 + 1e-9)
+    assert meta["macs"] <= 0.9 * meta["base_macs"] and meta["latency_batch"] == 1
+    assert list((tmp_path / "cache").iterdir()) == [table] and table.read_text() == profiled  # reused as is
+
+    code, _, err = _main(["search", "tiny_nets:tiny_net", "--budget", "70%latency", "--weights", "random",
+                          "--space", "unstructured", "--data", data, "--heldout", "200", "--device", "cpu",
+                          "--out", str(tmp_path / "r2")],
+                         capsys, monkeypatch)
+    assert code == 2 and "channel space" in err
