@@ -102,7 +102,8 @@ def run_searcher(setup: Setup, n_evals: int, seed: int) -> dict:
     seconds = time.perf_counter() - start
     row = {"evaluations": problem.n_evals, "cached_evaluations": sum(r.cached for r in problem.results),
            "search_seconds": seconds, "evals_per_second": problem.n_evals / seconds if seconds else None,
-           "overhead_share": problem.overhead_share(), "curve": best_so_far(problem)}
+           "overhead_share": problem.overhead_share(), "curve": best_so_far(problem),
+           "accuracies": [float(r.accuracy) for r in problem.results]}
     best = problem.best
     if best is None:
         return row
@@ -303,6 +304,11 @@ def curve_lines(runs: list[dict], model: str, rows: list[str], evals: int) -> li
                     k = next((i + 1 for i, a in enumerate(r["curve"]) if a > random_best[r["seed"]]), None)
                     passes.append(f"seed {r['seed']}: " + (f"{k}" if k else "never"))
             lines += ["", f"Evaluations {row} needed to pass random's best of the same seed: " + "; ".join(passes)]
+            halves = [(np.mean(r["accuracies"][:len(r["accuracies"]) // 3]), np.mean(r["accuracies"][-len(r["accuracies"]) // 3:]))
+                      for r in runs if r["model"] == model and r["row"] == row and len(r.get("accuracies", [])) >= 3]
+            if halves:  # learning shows as later candidates scoring better than the first ones
+                lines += [f"Mean held-out accuracy of {row}'s candidates, first third → last third: " + "; ".join(
+                    f"{100 * a:.2f} → {100 * b:.2f}" for a, b in halves)]
     return lines
 
 
