@@ -30,7 +30,8 @@ from autoprune.search_spaces import ChannelSpace
 from surrogate import QuadraticAccuracy, RatioSpace
 
 SHAPE = (1, 28, 28)
-FAST = ProfileSettings(device="cpu", threads=1, grid=4, warmup=3, repeats=10, model_repeats=20, calibration=3)
+FAST = ProfileSettings(device="cpu", threads=1, grid=4, warmup=3, repeats=10, model_repeats=20, model_min_seconds=0.1,
+                       calibration=3)
 
 
 @pytest.fixture(scope="module")
@@ -174,7 +175,8 @@ def test_fingerprint_mismatch_asks_to_reprofile(tiny, profiled, tmp_path):
 def test_default_cache_is_keyed_by_device(tiny, tmp_path, monkeypatch):
     model, graph, space = tiny
     monkeypatch.setenv("AUTOPRUNE_LATENCY_DIR", str(tmp_path))
-    cheap = ProfileSettings(device="cpu", threads=1, grid=2, warmup=1, repeats=5, model_repeats=5, calibration=2)
+    cheap = ProfileSettings(device="cpu", threads=1, grid=2, warmup=1, repeats=5, model_repeats=5,
+                            model_min_seconds=0.05, calibration=2)
     cost = latency_cost_model(model, space, cheap)
     assert cost.path.parent == tmp_path and "tiny-1x28x28-b1-cpu-" in cost.path.name
     monkeypatch.setattr("autoprune.cost.profile.cpu_model", lambda: "Another CPU")

@@ -11,8 +11,10 @@ resolution an inversion is timing noise, and a cost that can fall as channels gr
 the budget projection, which assumes pruning never adds cost), interpolated bilinearly and
 expanded once into a dense array over every integer channel count, so a policy costs one
 matrix-vector product, one gather and one sum (~10 µs). raw = sum of units + remainder (the
-unpruned model measured, minus its units), and the prediction is the calibration's
-scale * raw + offset.
+unpruned model measured, minus its units), and the prediction is scale * raw, the scale being the
+median ratio of measured to raw latency over the calibration models. One robust factor, not a
+fitted line: on a shared machine a few whole-model timings are too noisy to pin down a slope
+(fitted slopes of 0.6-1.9 were seen on the same model), while their median ratio is stable.
 """
 from __future__ import annotations
 
@@ -22,7 +24,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import theilslopes
 
 from autoprune.errors import UserError
 from autoprune.graph import PruningGraph
@@ -47,7 +48,7 @@ class LatencyTable:
     units: list[dict] = field(default_factory=list)  # [{"layer": name, "table": key}] for reading the file
     base_ms: float | None = None  # unpruned model, measured: median of base_runs
     base_runs: list[float] = field(default_factory=list)
-    calibration: dict = field(default_factory=dict)  # structure, points [{kept, measured_ms}], scale, offset
+    calibration: dict = field(default_factory=dict)  # structure, points [{kept, measured_ms, base_ms}], scale
     seconds: float = 0.0  # time spent profiling, over all sessions
     complete: bool = False
 
@@ -135,7 +136,6 @@ class LatencyPredictor:
         if table.base_ms is not None:
             self.remainder = table.base_ms - self.units_ms(graph.channels)
         self.scale = float(table.calibration.get("scale", 1.0))
-        self.offset_ms = float(table.calibration.get("offset", 0.0))
 
     def units_ms(self, kept: np.ndarray) -> float:
         idx = np.rint(self.index_coef @ np.asarray(kept, dtype=np.float64) + self.index_const).astype(np.int64)
@@ -145,21 +145,15 @@ class LatencyPredictor:
         return self.units_ms(kept) + self.remainder
 
     def predict_ms(self, kept: np.ndarray) -> float:
-        # a floor at 1% of the raw value keeps a fitted negative offset from predicting nonsense
-        raw = self.raw_ms(kept)
-        return max(self.scale * raw + self.offset_ms, 0.01 * raw)
+        # positive even if a negative remainder outweighed a heavily pruned model's layers
+        return max(self.scale * self.raw_ms(kept), 1e-6)
 
 
-def fit_calibration(raw: np.ndarray, measured: np.ndarray) -> tuple[float, float]:
-    """measured ≈ scale * raw + offset (Theil-Sen: one slow measurement does not tilt the line)."""
+def fit_calibration(raw: np.ndarray, measured: np.ndarray) -> float:
+    """The scale with measured ≈ scale * raw: the median ratio (one slow measurement moves it little)."""
     raw, measured = np.asarray(raw, dtype=np.float64), np.asarray(measured, dtype=np.float64)
-    if len(raw) >= 3 and np.ptp(raw) > 0:
-        scale, offset, _, _ = theilslopes(measured, raw)
-        # a table that tracks latency at all gives a scale near 1; far off means the spread of the
-        # calibration points was noise, and a plain ratio is the safer correction
-        if 0.25 <= scale <= 4.0:
-            return float(scale), float(offset)
-    return float(measured.sum() / raw.sum()), 0.0
+    ok = raw > 0
+    return float(np.median(measured[ok] / raw[ok])) if ok.any() else 1.0
 
 
 class LatencyTableCost:

@@ -1,6 +1,6 @@
 """Measured latency: time the real (pruned) model on this machine, median of repeats.
 
-`measure_latency_ms` is the one timing routine: the lookup-table profiler times its layer blocks
+`median_latencies_ms` is the one timing routine: the lookup-table profiler times its layer blocks
 and its calibration models with it, so table and verification measure the same way.
 `MeasuredLatencyCost` is the cost model that prunes and times every policy it is asked about
 (seconds per new policy, cached): ground truth for checking the table, or a cost model for users
@@ -33,33 +33,53 @@ def torch_threads(threads: int | None) -> Iterator[None]:
 
 
 @torch.inference_mode()
-def measure_latency_ms(model: nn.Module, input_shape: tuple[int, ...], *, batch: int = 1,
-                       device: torch.device | str = "cpu", warmup: int = 10, repeats: int = 50,
-                       threads: int | None = None, max_seconds: float | None = None) -> float:
-    """Median wall time of one forward pass in milliseconds (CUDA synchronised when on GPU).
+def median_latencies_ms(cases: list[tuple[nn.Module, tuple[int, ...]]], *, batch: int = 1,
+                        device: torch.device | str = "cpu", warmup: int = 10, repeats: int = 50,
+                        threads: int | None = None, min_seconds: float | None = None,
+                        max_seconds: float | None = None, rounds: int = 1) -> list[float]:
+    """Median wall time (ms) of one forward pass of each (model, input shape without batch).
 
-    `max_seconds` caps the timed repeats (never fewer than 5) so that large models and layers
-    cost a bounded time to measure; small ones still get all `repeats`.
+    Each case gets `repeats` timed runs, raised to fill `min_seconds` and capped to `max_seconds`
+    (never fewer than 5), so small models are sampled over a span of time and large ones cost a
+    bounded time. The runs are taken in `rounds` interleaved rounds over the cases: a machine that
+    alternates between fast and slow spells (shared hosts do, for fractions of a second) then
+    slows every case alike instead of a few of them at random. CUDA is synchronised per run.
     """
     device = torch.device(device)
-    model = model.to(device).eval()
-    x = torch.randn(batch, *input_shape, device=device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    prepared = [(m.to(device).eval(), torch.randn(batch, *shape, device=device)) for m, shape in cases]
     with torch_threads(threads):
-        t0 = time.perf_counter()
-        for _ in range(warmup):
-            model(x)
-        sync()
-        if max_seconds is not None and warmup:
-            per_call = (time.perf_counter() - t0) / warmup
-            repeats = max(5, min(repeats, int(max_seconds / max(per_call, 1e-9))))
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            model(x)
+        counts = []
+        for m, x in prepared:
+            t0 = time.perf_counter()
+            for _ in range(max(warmup, 1)):
+                m(x)
             sync()
-            times.append(time.perf_counter() - t)
-    return 1000.0 * statistics.median(times)
+            per_call = max((time.perf_counter() - t0) / max(warmup, 1), 1e-9)
+            n = max(repeats, int(min_seconds / per_call)) if min_seconds else repeats
+            if max_seconds:
+                n = min(n, int(max_seconds / per_call))
+            counts.append(max(5, n))
+        samples: list[list[float]] = [[] for _ in prepared]
+        rounds = max(1, min(rounds, min(counts)))
+        for r in range(rounds):
+            for i, (m, x) in enumerate(prepared):
+                for _ in range(counts[i] * (r + 1) // rounds - counts[i] * r // rounds):
+                    t = time.perf_counter()
+                    m(x)
+                    sync()
+                    samples[i].append(time.perf_counter() - t)
+    return [1000.0 * statistics.median(s) for s in samples]
+
+
+def measure_latency_ms(model: nn.Module, input_shape: tuple[int, ...], *, batch: int = 1,
+                       device: torch.device | str = "cpu", warmup: int = 10, repeats: int = 50,
+                       threads: int | None = None, min_seconds: float | None = None,
+                       max_seconds: float | None = None) -> float:
+    """Median wall time of one forward pass of `model` in milliseconds (see `median_latencies_ms`)."""
+    return median_latencies_ms([(model, input_shape)], batch=batch, device=device, warmup=warmup,
+                               repeats=repeats, threads=threads, min_seconds=min_seconds,
+                               max_seconds=max_seconds)[0]
 
 
 class MeasuredLatencyCost:
@@ -69,11 +89,11 @@ class MeasuredLatencyCost:
 
     def __init__(self, model: nn.Module, space, *, batch: int = 1, device: str | torch.device = "cpu",
                  threads: int | None = None, warmup: int = 10, repeats: int = 50,
-                 max_seconds: float | None = 2.0) -> None:
+                 min_seconds: float | None = 1.0, max_seconds: float | None = 2.0) -> None:
         self.model, self.space = model, space
         self.input_shape = tuple(space.graph.input_shape)
         self.options = dict(batch=batch, device=device, threads=threads, warmup=warmup, repeats=repeats,
-                            max_seconds=max_seconds)
+                            min_seconds=min_seconds, max_seconds=max_seconds)
         self._cache: dict[tuple[int, ...], float] = {}
 
     def cost(self, ratios: np.ndarray) -> float:

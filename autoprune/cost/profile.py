@@ -2,12 +2,12 @@
 
 Steps, each saved as soon as it is done so that an interrupted profile resumes:
 1. every distinct timing unit (`units.py`) timed over its grid of kept (in, out) channels:
-   warm-up, repeats, median;
+   warm-up, repeats taken in rounds interleaved over the grid's points, median;
 2. the unpruned model timed whole: the remainder (adds, pooling, dispatch) is that minus its units;
-3. one calibration: a few random pruned models timed whole (each beside another run of the
-   unpruned one, whose median the remainder uses), and measured ≈ scale * raw + offset fitted
-   (Theil-Sen), because a layer timed alone is not the layer inside the model (caches, allocator,
-   dispatch).
+3. one calibration: a few random pruned models timed whole, each interleaved with the unpruned
+   one (its speedup over it is what counts; the remainder uses the median of all unpruned runs),
+   and measured ≈ scale * raw with the scale the median ratio, because a layer timed alone is
+   not quite the layer inside the model (caches, allocator, dispatch).
 
 Tables live in a cache (`$AUTOPRUNE_LATENCY_DIR`, default ~/.cache/autoprune/latency) under a
 name made of model, input shape, batch and a hash of the device fingerprint (CPU model string and
@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from autoprune.cost.lut import LatencyPredictor, LatencyTable, LatencyTableCost, fit_calibration
-from autoprune.cost.measured import measure_latency_ms, torch_threads
+from autoprune.cost.measured import measure_latency_ms, median_latencies_ms, torch_threads
 from autoprune.cost.units import GRID_LOW, Unit, discover_units, structure_key
 from autoprune.device import resolve_device
 from autoprune.errors import UserError
@@ -53,17 +53,19 @@ class ProfileSettings:
     grid: int = 8  # points per channel axis a policy can change
     warmup: int = 5  # per grid point
     repeats: int = 25  # per grid point (median)
+    rounds: int = 5  # the repeats of a layer shape's grid points are taken in interleaved rounds
     point_seconds: float = 0.25  # cap on the timed repeats of one grid point (large layers)
-    model_repeats: int = 50  # whole-model measurements (base, calibration)
-    model_seconds: float = 2.0
+    model_repeats: int = 50  # whole-model measurements (base, calibration): at least these runs,
+    model_min_seconds: float = 1.0  # spread over at least this long,
+    model_seconds: float = 2.0  # at most this long
     calibration: int = 8  # random pruned models the table is calibrated on
     seed: int = 0
 
     def table_settings(self) -> dict:
         """What decides the measured numbers (device and threads are in the fingerprint)."""
         d = asdict(self)
-        return {k: d[k] for k in ("grid", "warmup", "repeats", "point_seconds", "model_repeats", "model_seconds",
-                                  "calibration", "seed")}
+        return {k: d[k] for k in ("grid", "warmup", "repeats", "rounds", "point_seconds", "model_repeats",
+                                  "model_min_seconds", "model_seconds", "calibration", "seed")}
 
 
 def cpu_model() -> str:
@@ -113,19 +115,29 @@ def calibration_kept(graph: PruningGraph, n: int, seed: int) -> list[np.ndarray]
     return out
 
 
+CHUNK_BYTES = 256 * 2**20  # blocks of one layer shape timed together, at most this many weight bytes
+
+
 def _time_unit(unit: Unit, settings: ProfileSettings, device: torch.device,
                tick: Callable[[], None]) -> list[list[float]]:
-    ms = []
-    for cin in unit.in_grid:
-        row = []
-        for cout in unit.out_grid:
-            block, shape = unit.block(cin, cout)
-            row.append(measure_latency_ms(block, shape, batch=settings.batch, device=device,
-                                          warmup=settings.warmup, repeats=settings.repeats,
-                                          max_seconds=settings.point_seconds))
+    """Median latency of the unit at every grid point, points interleaved (in chunks that fit memory)."""
+    points = unit.points()
+    ms: dict[tuple[int, int], float] = {}
+    i = 0
+    while i < len(points):
+        chunk, size = [], 0
+        while i < len(points) and (not chunk or size < CHUNK_BYTES):
+            block, shape = unit.block(*points[i])
+            size += 4 * sum(p.numel() for p in block.parameters())
+            chunk.append((points[i], block, shape))
+            i += 1
+        times = median_latencies_ms([(b, s) for _, b, s in chunk], batch=settings.batch, device=device,
+                                    warmup=settings.warmup, repeats=settings.repeats,
+                                    max_seconds=settings.point_seconds, rounds=settings.rounds)
+        for (point, _, _), t in zip(chunk, times):
+            ms[point] = t
             tick()
-        ms.append(row)
-    return ms
+    return [[ms[(cin, cout)] for cout in unit.out_grid] for cin in unit.in_grid]
 
 
 @dataclass
@@ -204,7 +216,7 @@ def profile_latency(model: nn.Module, graph: PruningGraph, settings: ProfileSett
             table.tables[key] = {"desc": unit.desc, "in_grid": unit.in_grid, "out_grid": unit.out_grid, "ms": ms}
             save()
         whole = dict(batch=settings.batch, device=device, repeats=settings.model_repeats,
-                     max_seconds=settings.model_seconds)
+                     min_seconds=settings.model_min_seconds, max_seconds=settings.model_seconds)
         base_model = copy.deepcopy(model)
         if table.base_ms is None:
             table.base_runs = [measure_latency_ms(base_model, graph.input_shape, **whole)]
@@ -212,22 +224,24 @@ def profile_latency(model: nn.Module, graph: PruningGraph, settings: ProfileSett
             tick("unpruned model")
             save()
         for j in range(done_points, len(policies)):
+            # each calibration model is timed interleaved with the unpruned one: a slow spell of the
+            # machine slows both, and the ratio of the two is what the calibration uses; the
+            # remainder rests on the median of all the unpruned runs, not on one
             pruned = apply_policy(model, graph, policies[j])
-            ms = measure_latency_ms(pruned, graph.input_shape, **whole)
-            table.calibration["points"].append({"kept": [int(k) for k in policies[j]], "measured_ms": ms})
-            # the unpruned model again beside every calibration model: the remainder rests on the
-            # median of these, not on one run that a busy moment of the machine may have slowed
-            table.base_runs.append(measure_latency_ms(base_model, graph.input_shape, **whole))
+            ms, base = median_latencies_ms([(pruned, graph.input_shape), (base_model, graph.input_shape)],
+                                           rounds=settings.rounds, **whole)
+            table.calibration["points"].append({"kept": [int(k) for k in policies[j]], "measured_ms": ms,
+                                                "base_ms": base})
+            table.base_runs.append(base)
             table.base_ms = float(np.median(table.base_runs))
             tick(f"calibration models {j + 1}/{len(policies)}")
             save()
 
-    predictor = LatencyPredictor(graph, units, table)  # uncalibrated: scale 1, offset 0
+    predictor = LatencyPredictor(graph, units, table)  # uncalibrated: scale 1
     points = table.calibration["points"]
     raw = [table.base_ms] + [predictor.raw_ms(np.array(p["kept"])) for p in points]
-    measured = [table.base_ms] + [p["measured_ms"] for p in points]
-    scale, offset = fit_calibration(np.array(raw), np.array(measured))
-    table.calibration.update(scale=scale, offset=offset)
+    measured = [table.base_ms] + [p["measured_ms"] / p.get("base_ms", table.base_ms) * table.base_ms for p in points]
+    table.calibration["scale"] = fit_calibration(np.array(raw), np.array(measured))
     table.complete = True
     save()
     log.info("latency table %s: %d tables, profiled in %.0f s", path, len(table.tables), table.seconds)
