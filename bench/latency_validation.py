@@ -28,7 +28,7 @@ from scipy.stats import spearmanr
 
 from autoprune.budget import Budget, BudgetSet, parse_budget
 from autoprune.cost.lut import LatencyTableCost
-from autoprune.cost.measured import measure_latency_ms
+from autoprune.cost.measured import median_latencies_ms
 from autoprune.cost.profile import ProfileSettings, profile_latency
 from autoprune.graph import build_graph
 from autoprune.search_spaces import ChannelSpace
@@ -53,7 +53,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--device", default="cpu")
     p.add_argument("--grid", type=int, default=8, help="table grid points per prunable axis")
-    p.add_argument("--repeats", type=int, default=50, help="timed runs per measured policy (median)")
+    p.add_argument("--repeats", type=int, default=50, help="timed runs per measured policy (median), at least")
+    p.add_argument("--measure-seconds", type=float, default=2.0,
+                   help="each measured policy's runs are spread over at least this long (fast and slow spells)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="where tables go; default a fresh temporary folder, so profiling is timed from scratch")
@@ -107,20 +109,24 @@ def validate_model(name: str, args: argparse.Namespace, cache: Path) -> dict:
     profile_wall = time.perf_counter() - start
     lut = LatencyTableCost(space, prof.predictor, prof.table)
     timing = dict(batch=args.batch, device=args.device, threads=args.threads, repeats=args.repeats,
-                  max_seconds=5.0)
-    base_ms = measure_latency_ms(copy.deepcopy(model), shape, **timing)
+                  min_seconds=args.measure_seconds, max_seconds=max(5.0, args.measure_seconds), rounds=5)
+    base_model = copy.deepcopy(model)
     rng = np.random.default_rng(args.seed)
     rows = []
     start = time.perf_counter()
     for r in random_policies(space, args.policies, tuple(args.flops), rng):
-        pruned = space.apply(model, r)
-        measured = measure_latency_ms(pruned, shape, **timing)
-        macs = space.macs(r) / space.graph.base_macs
-        rows.append({"ratios": [float(x) for x in r], "macs_fraction": macs, "predicted_ms": lut.cost(r),
-                     "measured_ms": measured, "flops_proportional_ms": base_ms * macs})
+        # timed interleaved with the unpruned model, so the speedup is free of the machine's slow spells
+        measured, base = median_latencies_ms([(space.apply(model, r), shape), (base_model, shape)], **timing)
+        rows.append({"ratios": [float(x) for x in r], "macs_fraction": space.macs(r) / space.graph.base_macs,
+                     "predicted_ms": lut.cost(r), "measured_ms": measured, "unpruned_alongside_ms": base})
     measure_seconds = time.perf_counter() - start
+    base_ms = float(np.median([r["unpruned_alongside_ms"] for r in rows]))
+    for r in rows:
+        r["measured_normalised_ms"] = r["measured_ms"] / r["unpruned_alongside_ms"] * base_ms
+        r["flops_proportional_ms"] = base_ms * r["macs_fraction"]
     pred = np.array([r["predicted_ms"] for r in rows])
     meas = np.array([r["measured_ms"] for r in rows])
+    norm = np.array([r["measured_normalised_ms"] for r in rows])
     naive = np.array([r["flops_proportional_ms"] for r in rows])
     return {"model": name, "input_shape": list(shape), "weights": weights, "groups": space.size,
             "table": {"path": str(prof.path), "layer_shapes": len(prof.table.tables), "layers": len(prof.units),
@@ -128,7 +134,8 @@ def validate_model(name: str, args: argparse.Namespace, cache: Path) -> dict:
                       "base_ms": prof.table.base_ms, "calibration": {k: v for k, v in prof.table.calibration.items()
                                                                      if k != "points"},
                       "settings": prof.table.settings, "fingerprint": prof.table.fingerprint},
-            "base_measured_ms": base_ms, "lut": stats(pred, meas), "flops_proportional": stats(naive, meas),
+            "base_measured_ms": base_ms, "lut": stats(pred, meas), "lut_vs_normalised": stats(pred, norm),
+            "flops_proportional": stats(naive, meas),
             "flops_vs_latency_spearman": float(spearmanr([r["macs_fraction"] for r in rows], meas)[0]),
             "measure_seconds": measure_seconds, "policies": rows}
 
@@ -141,8 +148,8 @@ def netadapt(args: argparse.Namespace, cache: Path) -> dict:
     prof = profile_latency(model, space.graph, settings, path=cache / "resnet56.json")
     lut = LatencyTableCost(space, prof.predictor, prof.table)
     timing = dict(batch=args.batch, device=args.device, threads=args.threads, repeats=args.repeats,
-                  max_seconds=5.0)
-    base_ms = measure_latency_ms(copy.deepcopy(model), shape, **timing)
+                  min_seconds=args.measure_seconds, max_seconds=max(5.0, args.measure_seconds), rounds=5)
+    base_model = copy.deepcopy(model)
     zeros = np.zeros(space.size)
     base = {"macs": space.graph.base_macs, "latency_ms": lut.cost(zeros)}
 
@@ -165,18 +172,25 @@ def netadapt(args: argparse.Namespace, cache: Path) -> dict:
             if run.get("policy"):
                 arms[f"searched 50% FLOPs ({run['row']}, held-out {run['heldout']:.4f})"] = [
                     np.array([run["policy"][n] for n in space.names])]
-    out = {"base_measured_ms": base_ms, "weights": weights, "arms": {}}
+    # the most the space can prune, as the table sees it: a latency target below it cannot be met
+    floor = lut.cost(space.max_ratios) / base["latency_ms"]
+    out = {"weights": weights, "base_predicted_ms": base["latency_ms"],
+           "min_predicted_latency_fraction": floor, "latency_target_fraction": 1 / args.speedup, "arms": {}}
+    unpruned = []
     for arm, policies in arms.items():
         rows = []
-        for r in policies:
-            ms = measure_latency_ms(space.apply(model, r), shape, **timing)
+        for r in policies:  # speedup over the unpruned model timed interleaved with it
+            ms, base_ms = median_latencies_ms([(space.apply(model, r), shape), (base_model, shape)], **timing)
+            unpruned.append(base_ms)
             rows.append({"macs_fraction": space.macs(r) / space.graph.base_macs, "measured_ms": ms,
-                         "predicted_ms": lut.cost(r), "speedup": base_ms / ms})
+                         "unpruned_alongside_ms": base_ms, "predicted_ms": lut.cost(r), "speedup": base_ms / ms,
+                         "predicted_speedup": base["latency_ms"] / lut.cost(r)})
         speedups = [row["speedup"] for row in rows]
         out["arms"][arm] = {"n": len(rows), "median_speedup": float(np.median(speedups)),
                             "max_speedup": float(np.max(speedups)),
                             "median_macs_fraction": float(np.median([row["macs_fraction"] for row in rows])),
                             "rows": rows}
+    out["base_measured_ms"] = float(np.median(unpruned))
     return out
 
 
@@ -185,22 +199,34 @@ def markdown(result: dict) -> str:
     lines = [f"# Latency table vs measured latency ({a['device']}, batch {a['batch']}, {a['threads']} thread(s))", "",
              f"{m['cpu']}, {m['cores']} cores, torch {m['torch']}, {m['date']}; {a['policies']} random policies per "
              f"model projected onto {a['flops'][0]:.0%}-{a['flops'][1]:.0%} FLOPs; table grid {a['grid']}.", "",
+             "Table vs measured: each policy's median latency as timed. vs normalised: that measurement times "
+             "(median unpruned latency / the unpruned model's latency timed interleaved with this policy), "
+             "which takes the machine's slow spells out of the truth.", "",
              "| model | input | layer shapes / layers | profile s | within ±10% | MAPE | Spearman | "
-             "FLOPs-proportional: within ±10% / MAPE | Spearman(FLOPs, latency) | unpruned ms |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "vs normalised: within ±10% / MAPE / Spearman | FLOPs-proportional: within ±10% / MAPE | "
+             "Spearman(FLOPs, latency) | unpruned ms |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["models"]:
-        t, s, f = r["table"], r["lut"], r["flops_proportional"]
+        t, s, f, v = r["table"], r["lut"], r["flops_proportional"], r["lut_vs_normalised"]
         lines.append(f"| {r['model']} | {'x'.join(map(str, r['input_shape']))} | {t['layer_shapes']} / {t['layers']} | "
                      f"{t['profile_seconds']:.0f} | {s['within_10pct']:.0%} | {s['mape']:.1%} | {s['spearman']:.3f} | "
+                     f"{v['within_10pct']:.0%} / {v['mape']:.1%} / {v['spearman']:.3f} | "
                      f"{f['within_10pct']:.0%} / {f['mape']:.1%} | {r['flops_vs_latency_spearman']:.3f} | "
                      f"{r['base_measured_ms']:.2f} |")
     if result.get("netadapt"):
         n = result["netadapt"]
         lines += ["", f"## ResNet-56: measured speedup over the unpruned model ({n['base_measured_ms']:.2f} ms)", "",
-                  "| policies | n | FLOPs (median) | speedup median | speedup max |", "|---|---|---|---|---|"]
+                  f"The most pruned policy the space allows (every group at its maximum ratio) is predicted at "
+                  f"{n['min_predicted_latency_fraction']:.0%} of the unpruned latency; the latency-budgeted arm "
+                  f"asks for {n['latency_target_fraction']:.1%}"
+                  + (" and is therefore infeasible: its policies sit at that floor." if
+                     n['min_predicted_latency_fraction'] > n['latency_target_fraction'] else "."), "",
+                  "| policies | n | FLOPs (median) | measured speedup median | max | table's speedup median |",
+                  "|---|---|---|---|---|---|"]
         for arm, s in n["arms"].items():
+            predicted = np.median([row["predicted_speedup"] for row in s["rows"]])
             lines.append(f"| {arm} | {s['n']} | {s['median_macs_fraction']:.1%} | {s['median_speedup']:.2f}x | "
-                         f"{s['max_speedup']:.2f}x |")
+                         f"{s['max_speedup']:.2f}x | {predicted:.2f}x |")
     return "\n".join(lines) + "\n"
 
 
@@ -214,8 +240,10 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"{name}: profiling, then {args.policies} policies", file=sys.stderr)
             models.append(validate_model(name, args, cache))
             s = models[-1]["lut"]
+            v = models[-1]["lut_vs_normalised"]
             print(f"{name}: profile {models[-1]['table']['profile_seconds']:.0f} s, within ±10% "
-                  f"{s['within_10pct']:.0%}, MAPE {s['mape']:.1%}, Spearman {s['spearman']:.3f}", file=sys.stderr)
+                  f"{s['within_10pct']:.0%}, MAPE {s['mape']:.1%}, Spearman {s['spearman']:.3f}; vs normalised "
+                  f"{v['within_10pct']:.0%}, {v['mape']:.1%}, {v['spearman']:.3f}", file=sys.stderr)
         na = netadapt(args, cache) if args.netadapt > 0 and "resnet56" in args.models else None
     result = {"command": " ".join(["python", "bench/latency_validation.py", *(argv or sys.argv[1:])]),
               "args": jsonable(vars(args)), "machine": machine_info(args.device), "models": models,
