@@ -6,8 +6,8 @@ those come next in execution order on the layer's output. Everything else (resid
 pooling, reshapes, Python dispatch between modules) is the model's remainder, measured once.
 
 Units with the same description (operator with all its hyper-parameters, input size, which
-channel axes the policy can change, and the grid) share one table: ResNet-56's 55 convolutions
-are 9 tables, so the cost of profiling grows with the number of distinct layer shapes, not depth.
+channel axes the policy can change, and the grid) share one table: ResNet-56's 58 conv and
+linear layers need 12, so profiling costs grow with the number of distinct layer shapes, not depth.
 A channel count is an affine function of the kept vector (`PruningGraph.layer_io`), so an axis
 "varies" exactly when some group enters it; its grid spans the count at `GRID_LOW` of every
 group's channels up to the full width.
