@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,6 +35,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--calib-batches", type=int, default=20)
     p.add_argument("--threads", type=int, default=1, help="torch threads per worker (and of the 1-worker run)")
     p.add_argument("--out-dir", type=Path, default=Path("bench/results"))
+    p.add_argument("--single", type=int, default=None, help=argparse.SUPPRESS)  # one row, JSON on stdout
     return p.parse_args(argv)
 
 
@@ -64,9 +66,20 @@ def run(args: argparse.Namespace, workers: int) -> dict:
             "keys": [r.key for r in problem.results], "accuracies": [r.accuracy for r in problem.results]}
 
 
+def run_in_fresh_process(argv: list[str], workers: int) -> dict:
+    """One row in its own interpreter: no thread pools, Ray session or caches carried between rows."""
+    out = subprocess.run([sys.executable, __file__, *argv, "--single", str(workers)], capture_output=True,
+                         text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
 def main(argv: list[str] | None = None) -> dict:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    rows = [run(args, w) for w in args.workers]
+    if args.single is not None:
+        print(json.dumps(jsonable(run(args, args.single))))
+        return {}
+    rows = [run_in_fresh_process(argv, w) for w in args.workers]
     base = rows[0]["evals_per_second"]
     for r in rows:
         r["speedup"] = r["evals_per_second"] / base
