@@ -70,3 +70,20 @@ def fmnist_subset(tmp_path_factory) -> str:
             name = f"{prefix}-{kind}-ubyte.gz"
             write_idx(root / name, _read_idx(FASHION / name)[:n])
     return f"fashion-mnist:{root}"
+
+
+def cli_main(args: list[str], capsys, monkeypatch) -> tuple[int, str, str]:
+    """The console script's entry point, in process: (exit code, stdout, stderr)."""
+    import sys
+
+    from autoprune.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["autoprune", *args])
+    capsys.readouterr()
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

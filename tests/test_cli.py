@@ -19,11 +19,12 @@ import torch
 import torch_pruning as tp
 from typer.testing import CliRunner
 
-from autoprune.cli import app, main
+from autoprune.cli import app
 from autoprune.data import _read_idx
 from autoprune.zoo import build_model
 
 from conftest import FASHION, needs_fashion, write_idx
+from conftest import cli_main as _main
 
 N_TRAIN, N_TEST = 2000, 500
 
@@ -86,19 +87,6 @@ def _invoke(*args: str):
     if result.exception and not isinstance(result.exception, SystemExit):
         raise result.exception
     return result
-
-
-def _main(args: list[str], capsys, monkeypatch) -> tuple[int, str, str]:
-    """The console script's entry point, in process: (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["autoprune", *args])
-    capsys.readouterr()
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def _assert_one_line_error(code: int, err: str, out: Path | None, *words: str) -> None:

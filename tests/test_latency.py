@@ -7,12 +7,12 @@ latency are loose (rank correlation over policies whose latency differs several-
 from __future__ import annotations
 
 import json
-import sys
 import time
 
 import numpy as np
 import pytest
 import torch
+from conftest import cli_main as _main
 from conftest import needs_fashion
 from scipy.stats import spearmanr
 from tiny_nets import tiny_net
@@ -253,20 +253,6 @@ def test_memory_costs(tiny):
 
 
 # -- command line ---------------------------------------------------------------------------------------
-def _main(args: list[str], capsys, monkeypatch) -> tuple[int, str, str]:
-    from autoprune.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["autoprune", *args])
-    capsys.readouterr()
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 def test_profile_command_writes_table_and_refuses_foreign_one(tmp_path, capsys, monkeypatch):
     table = tmp_path / "tiny.json"
     args = ["profile", "tiny_nets:tiny_net", "--input-shape", "1x28x28", "--classes", "10", "--device", "cpu",

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import textwrap
 import time
 from pathlib import Path
@@ -20,11 +19,11 @@ import ray.tune  # noqa: F401
 import torch
 from typer.testing import CliRunner
 
-from autoprune.cli import app, main
+from autoprune.cli import app
 from autoprune.errors import UserError
 from autoprune.tune import load_sweep, parse_sweep, run_sweep
 from autoprune.zoo import build_model
-from conftest import needs_fashion
+from conftest import cli_main, needs_fashion
 
 pytestmark = needs_fashion
 
@@ -172,14 +171,8 @@ def test_failed_trials_are_reported(env, ray_local, tmp_path):
 
 
 def _main(args: list[str], capsys, monkeypatch) -> tuple[int, str]:
-    monkeypatch.setattr(sys, "argv", ["autoprune", *args])
-    capsys.readouterr()
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    return code, capsys.readouterr().err
+    code, _, err = cli_main(args, capsys, monkeypatch)
+    return code, err
 
 
 @pytest.mark.parametrize("case", ["not-yaml", "not-a-mapping", "unknown-key", "singular-key", "unknown-model",
