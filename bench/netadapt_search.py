@@ -1,0 +1,131 @@
+"""NetAdapt's point, searched: at the same measured latency, does a latency budget find a more accurate model
+than a FLOPs budget?
+
+For each seed: search under a FLOPs budget (50% by default) and time its best policy on this CPU,
+interleaved with the unpruned model. Then run the same searcher, for the same number of evaluations, under
+a latency budget set to that measured latency fraction. The budget is scored by the profiled lookup table, as
+`autoprune search --budget 84%latency` would score it. Time that best policy the same way. Both arms report
+held-out and test accuracy, FLOPs, measured and table-predicted speedup. Medians are taken over seeds.
+
+    python bench/netadapt_search.py --model resnet56 --seeds 0 1 2 --evals 60 --agent random
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from autoprune.cost.measured import median_latencies_ms
+from autoprune.search import SearchConfig, build_setup
+
+sys.path.insert(0, str(Path(__file__).parent))
+from search_quality import jsonable, machine_info, run_searcher  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", default="resnet56")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--evals", type=int, default=60)
+    p.add_argument("--agent", default="random")
+    p.add_argument("--flops-budget", default="50%FLOPs")
+    p.add_argument("--heldout", type=int, default=1000)
+    p.add_argument("--calib-batches", type=int, default=10)
+    p.add_argument("--threads", type=int, default=1, help="torch threads for evaluation, profiling and timing")
+    p.add_argument("--measure-seconds", type=float, default=2.0, help="timing span per measured policy")
+    p.add_argument("--out-dir", type=Path, default=Path("bench/results"))
+    p.add_argument("--tag", default="")
+    return p.parse_args(argv)
+
+
+def measure(problem, ratios: np.ndarray, base_model: torch.nn.Module, args: argparse.Namespace) -> dict:
+    """Median latency of the pruned model and of the unpruned one, timed interleaved (speedup free of slow spells)."""
+    shape = problem.space.graph.input_shape
+    pruned = problem.space.apply(problem.model, problem.space.snap(ratios), criterion=problem.criterion)
+    ms, base_ms = median_latencies_ms([(pruned, shape), (base_model, shape)], batch=1, device="cpu",
+                                      threads=args.threads, repeats=50, min_seconds=args.measure_seconds,
+                                      max_seconds=max(5.0, args.measure_seconds), rounds=5)
+    return {"measured_ms": ms, "unpruned_alongside_ms": base_ms, "latency_fraction": ms / base_ms,
+            "speedup": base_ms / ms}
+
+
+def run_arm(args: argparse.Namespace, seed: int, budget: str, table: Path) -> dict:
+    torch.manual_seed(seed)
+    cfg = SearchConfig(model=args.model, budgets=[budget], agent=args.agent, evals=args.evals, seed=seed,
+                       heldout=args.heldout, calib_batches=args.calib_batches, device="cpu", threads=args.threads,
+                       latency_table=table)
+    setup = build_setup(cfg)
+    row = run_searcher(setup, args.evals, seed)
+    problem = setup.problem
+    row |= {"budget": budget, "seed": seed} | measure(problem, problem.best.ratios,
+                                                        copy.deepcopy(problem.model), args)
+    if "latency_ms" in problem.best.costs:
+        row["predicted_latency_fraction"] = problem.best.costs["latency_ms"] / problem.base_costs["latency_ms"]
+    return row
+
+
+def summary(runs: list[dict]) -> dict:
+    keys = ["heldout", "test", "macs_fraction", "latency_fraction", "speedup"]
+    return {k: float(np.median([r[k] for r in runs])) for k in keys} | {"n": len(runs)}
+
+
+def markdown(result: dict) -> str:
+    a, m = result["args"], result["machine"]
+    lines = [f"# NetAdapt point: FLOPs budget vs latency budget at the same measured latency ({a['model']})", "",
+             f"`{result['command']}`", "",
+             f"{a['agent']}, {a['evals']} evaluations per search, seeds {' '.join(map(str, a['seeds']))}, held-out "
+             f"{a['heldout']} images, adaptive BN on {a['calib_batches']}×64. Latency: CPU, batch 1, {a['threads']} "
+             f"thread(s), each best policy timed interleaved with the unpruned model. {m['cpu']}, torch {m['torch']}, "
+             f"{m['date']}.", "",
+             "Per seed the latency arm's budget is the FLOPs arm's measured latency fraction.", "",
+             "| seed | arm | budget | held-out | test | FLOPs % | measured latency % | table latency % | speedup |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in result["runs"]:
+        table = f"{r['predicted_latency_fraction']:.1%}" if "predicted_latency_fraction" in r else "–"
+        lines.append(f"| {r['seed']} | {r['arm']} | {r['budget']} | {r['heldout']:.2%} | {r['test']:.2%} | "
+                     f"{r['macs_fraction']:.1%} | {r['latency_fraction']:.1%} | {table} | {r['speedup']:.2f}x |")
+    lines += ["", "Median over seeds:", "", "| arm | held-out | test | FLOPs % | measured latency % | speedup |",
+              "|---|---|---|---|---|---|"]
+    for arm, s in result["summary"].items():
+        lines.append(f"| {arm} | {s['heldout']:.2%} | {s['test']:.2%} | {s['macs_fraction']:.1%} | "
+                     f"{s['latency_fraction']:.1%} | {s['speedup']:.2f}x |")
+    f, lat = result["summary"]["flops"], result["summary"]["latency"]
+    lines += ["", f"Latency arm − FLOPs arm: held-out {100 * (lat['heldout'] - f['heldout']):+.2f} pp, "
+                  f"measured latency {100 * (lat['latency_fraction'] - f['latency_fraction']):+.1f} pp of the unpruned."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        table = Path(tmp) / f"{args.model}-latency.json"  # profiled once, by the first latency arm
+        for seed in args.seeds:
+            flops = run_arm(args, seed, args.flops_budget, table) | {"arm": "flops"}
+            latency_budget = f"{100 * flops['latency_fraction']:.3g}%latency"
+            latency = run_arm(args, seed, latency_budget, table) | {"arm": "latency"}
+            runs += [flops, latency]
+            for r in (flops, latency):
+                print(f"seed {seed} {r['arm']:7s} {r['budget']:>14s}: held-out {r['heldout']:.4f}, FLOPs "
+                      f"{r['macs_fraction']:.1%}, measured latency {r['latency_fraction']:.1%}", file=sys.stderr)
+    result = {"command": " ".join(["python", "bench/netadapt_search.py", *(argv or sys.argv[1:])]),
+              "args": jsonable(vars(args)), "machine": machine_info("cpu"), "runs": runs,
+              "summary": {arm: summary([r for r in runs if r["arm"] == arm]) for arm in ("flops", "latency")}}
+    stem = f"netadapt_search-{args.model}-{args.agent}{'-' + args.tag if args.tag else ''}"
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    (args.out_dir / f"{stem}.json").write_text(json.dumps(jsonable(result), indent=1) + "\n")
+    md = markdown(result)
+    (args.out_dir / f"{stem}.md").write_text(md)
+    print(md)
+    return result
+
+
+if __name__ == "__main__":
+    main()
