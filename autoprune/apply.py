@@ -47,7 +47,9 @@ def load_run_model(policy_path: Path, *, weights: str | None = None, data: str |
                          dataset=data_bundle.name, weights=weights)
     data_bundle = data_bundle.with_channels(bundle.in_channels)
     input_shape = tuple(meta.get("input_shape") or (data_bundle.in_channels, *data_bundle.input_size))
-    graph = build_graph(bundle.model, input_shape, model_id=meta["model"])
+    # the groups the search saw: the same layers left out
+    graph = build_graph(bundle.model, input_shape, model_id=meta["model"], ignore=meta.get("ignore") or [],
+                        prune_stem=bool(meta.get("prune_stem", False)))
     space_meta = meta.get("space", {})
     round_to = space_meta.get("round_to")
     space = ChannelSpace(graph, max_ratio=0.999, round_to=None if round_to in (None, "auto") else int(round_to))

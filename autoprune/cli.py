@@ -101,8 +101,11 @@ def search(
     criterion: Annotated[str, typer.Option(help="Which channels go: l2 (Torch-Pruning's default magnitude), l1, bn-scale, lamp, fpgm, random.")] = "l2",
     heldout: HeldoutOpt = 5000,
     calib_batches: Annotated[int, typer.Option(help="Training batches (64 images) for BN recalibration.")] = 20,
-    ignore: Annotated[list[str], typer.Option(help="Module name never to prune (repeatable); stem and "
-                                              "classifier are always kept.")] = [],  # noqa: B006
+    ignore: Annotated[list[str], typer.Option(help="Module name never to prune (repeatable); the classifier "
+                                              "is always kept, the stem unless --prune-stem.")] = [],  # noqa: B006
+    prune_stem: Annotated[bool, typer.Option(help="Let the first layer's output channels be pruned. In a ResNet "
+                                             "they are coupled with every stage-1 residual add, which the "
+                                             "default leaves whole.")] = False,
     finetune_epochs: Annotated[int, typer.Option(help="Fine-tune the best policy for N epochs afterwards.")] = 0,
     workers: Annotated[int, typer.Option(help="Evaluate candidates in parallel on N Ray actors, each with its own "
                                          "model copy (random and the Optuna samplers propose in batches).")] = 1,
@@ -122,6 +125,7 @@ def search(
                        seed=seed, out=out, storage=storage, resume=resume, device=device, space=space,
                        max_ratio=max_ratio, round_to=round_to, criterion=criterion, heldout=heldout,
                        calib_batches=calib_batches, finetune_epochs=finetune_epochs, ignore=list(ignore),
+                       prune_stem=prune_stem,
                        workers=workers, ray_address=ray_address, batch=batch, threads=threads,
                        latency_table=latency_table)
     run_search_with_progress(cfg, console)

@@ -51,6 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--criterion", default="l2", help="channel importance for every row: l2 or l1 magnitude")
     p.add_argument("--out-dir", type=Path, default=Path("bench/results"))
     p.add_argument("--calib-batches", type=int, default=20, help="adaptive-BN batches of 64 per evaluation")
+    p.add_argument("--prune-stem", action="store_true",
+                   help="let the stem's group be pruned (every row, tp-* included: they ignore the classifier only)")
     p.add_argument("--merge", nargs="+", type=Path, default=None,
                    help="run nothing: combine these result JSONs (e.g. one process per agent) into one table")
     p.add_argument("--tag", default="", help="appended to the result file names, e.g. 300evals")
@@ -71,7 +73,8 @@ def make_setup(args: argparse.Namespace, model: str, seed: int, agent: str) -> S
     torch.manual_seed(seed)
     return build_setup(SearchConfig(model=model, budgets=[args.budget], agent=agent, evals=args.evals, seed=seed,
                                     weights=args.weights, heldout=args.heldout, device=args.device,
-                                    criterion=args.criterion, calib_batches=args.calib_batches))
+                                    criterion=args.criterion, calib_batches=args.calib_batches,
+                                    prune_stem=args.prune_stem))
 
 
 def tp_count(model: torch.nn.Module, input_shape: tuple[int, ...]) -> tuple[float, float]:
@@ -245,7 +248,8 @@ def markdown(result: dict) -> str:
              "",
              f"{args['evals']} evaluations per searcher, seeds {' '.join(map(str, args['seeds']))}, weights "
              f"{args['weights'] or 'shipped'}, held-out {args['heldout']} images, adaptive BN on "
-             f"{args.get('calib_batches', 20)}×64 training images. {m['cpu']}, {m['torch_threads']} "
+             f"{args.get('calib_batches', 20)}×64 training images"
+             f"{', stem group prunable' if args.get('prune_stem') else ''}. {m['cpu']}, {m['torch_threads']} "
              f"torch threads, device {m['device']}, torch {m['torch']}, torch-pruning {m['torch_pruning']}, {m['date']}.",
              "Accuracies: median over seeds (min–max), top-1 %. Searchers and tp-* rows: adaptive BN, then scored; "
              "unpruned: as trained."]
@@ -366,7 +370,7 @@ def merge(args: argparse.Namespace, argv: list[str] | None) -> dict:
                 seen.add(key)
                 runs.append(r)
     first = results[0]["args"]
-    for key in ("budget", "evals", "heldout", "criterion", "weights", "calib_batches"):
+    for key in ("budget", "evals", "heldout", "criterion", "weights", "calib_batches", "prune_stem"):
         setattr(args, key, first.get(key, getattr(args, key)))
     args.models = list(dict.fromkeys(r["model"] for r in runs))
     args.seeds = sorted({r["seed"] for r in runs})

@@ -190,6 +190,24 @@ def test_apply_rebuilds_the_pruned_model(run, env):
     assert again.exit_code != 0
 
 
+def test_prune_stem_and_ignore_reach_the_policy_and_apply(env):
+    """--prune-stem frees the stem's residual group, --ignore freezes one; `apply` rebuilds the same groups."""
+    out = env["root"] / "runs" / "stem"
+    result = _invoke(*_search_args(env, out, "--agent", "uniform", "--prune-stem", "--ignore", "layer2.1.conv1"))
+    assert result.exit_code == 0, result.output
+    policy = json.loads((out / "policy.json").read_text())
+    assert policy["prune_stem"] is True and policy["ignore"] == ["layer2.1.conv1"]
+    # default resnet20: 11 groups; the stem's group comes in, layer2.1.conv1's goes out
+    assert len(policy["ratios"]) == 11 and "layer2.1.conv1" not in policy["ratios"]
+    assert policy["ratios"]["conv1"] > 0  # the stem's group, with every stage-1 residual add
+    applied = env["root"] / "applied" / "stem.pt"
+    assert _invoke("apply", str(out / "policy.json"), "--out", str(applied)).exit_code == 0
+    rebuilt = torch.load(applied, weights_only=False)
+    assert rebuilt.conv1.out_channels < 16 and rebuilt.layer2[1].conv1.out_channels == 32
+    macs, _ = tp.utils.count_ops_and_params(rebuilt, torch.randn(1, 1, 28, 28))
+    assert macs == policy["macs"]
+
+
 @pytest.mark.parametrize("case", [
     "unknown-model", "unknown-dataset", "unknown-agent", "malformed-budget", "infeasible-budget",
     "missing-data-dir", "unreadable-checkpoint", "mismatched-checkpoint", "untraceable-model",
