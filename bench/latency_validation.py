@@ -35,7 +35,7 @@ from autoprune.search_spaces import ChannelSpace
 from autoprune.zoo import SMALL_MODELS, build_model, shipped_weights
 
 sys.path.insert(0, str(Path(__file__).parent))
-from search_quality import jsonable, machine_info  # noqa: E402
+from search_quality import jsonable, machine_info, save_result  # noqa: E402
 
 # name -> (input shape, classes); torchvision nets at ImageNet size with random weights
 MODELS = {"resnet20": ((1, 28, 28), 10), "resnet56": ((1, 28, 28), 10), "mobilenetv2": ((1, 28, 28), 10),
@@ -249,11 +249,7 @@ def main(argv: list[str] | None = None) -> dict:
               "args": jsonable(vars(args)), "machine": machine_info(args.device), "models": models,
               "netadapt": na}
     stem = f"latency_validation-{'-'.join(args.models)}{'-' + args.tag if args.tag else ''}"
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / f"{stem}.json").write_text(json.dumps(jsonable(result), indent=1) + "\n")
-    md = markdown(result)
-    (args.out_dir / f"{stem}.md").write_text(md)
-    print(md)
+    save_result(args.out_dir, stem, result, markdown(result))
     return result
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -25,7 +24,7 @@ from autoprune.cost.measured import median_latencies_ms
 from autoprune.search import SearchConfig, build_setup
 
 sys.path.insert(0, str(Path(__file__).parent))
-from search_quality import jsonable, machine_info, run_searcher  # noqa: E402
+from search_quality import jsonable, machine_info, run_searcher, save_result  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -119,11 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
               "args": jsonable(vars(args)), "machine": machine_info("cpu"), "runs": runs,
               "summary": {arm: summary([r for r in runs if r["arm"] == arm]) for arm in ("flops", "latency")}}
     stem = f"netadapt_search-{args.model}-{args.agent}{'-' + args.tag if args.tag else ''}"
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / f"{stem}.json").write_text(json.dumps(jsonable(result), indent=1) + "\n")
-    md = markdown(result)
-    (args.out_dir / f"{stem}.md").write_text(md)
-    print(md)
+    save_result(args.out_dir, stem, result, markdown(result))
     return result
 
 

@@ -316,6 +316,14 @@ def curve_lines(runs: list[dict], model: str, rows: list[str], evals: int) -> li
     return lines
 
 
+def save_result(out_dir: Path, stem: str, result: dict, md: str) -> None:
+    """`stem`.json (the whole result) and `stem`.md (its table) under `out_dir`; the table also printed."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{stem}.json").write_text(json.dumps(jsonable(result), indent=1) + "\n")
+    (out_dir / f"{stem}.md").write_text(md)
+    print(md)
+
+
 def jsonable(obj):
     """numpy scalars, tuples and paths to plain JSON values."""
     if isinstance(obj, dict):
