@@ -46,7 +46,7 @@ PRESETS: dict[str, dict] = {
     **{name: {"sampler": name} for name in ("tpe", "cmaes", "qmc", "nsga2")},
     "optuna:random": {"sampler": "random"},
 }
-DEFAULT_AGENT = "random"
+DEFAULT_AGENT = "tpe"  # beat random on every seed of ResNet-20 and ResNet-56 at 60 evaluations (bench/results)
 
 
 def names() -> list[str]:

@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from autoprune.agents import DEFAULT_AGENT  # a light module: names only, searchers load on use
 from autoprune.errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -79,9 +80,9 @@ def search(
     budget: BudgetOpt = [],  # noqa: B006 - typer needs a list default
     data: DataOpt = "fashion-mnist",
     weights: WeightsOpt = None,
-    agent: Annotated[str, typer.Option(help="Searcher: random (EagleEye, default), uniform, global, "
-                                       "ddpg (AMC), sb3:td3, sb3:sac, sb3:ppo, Optuna's tpe, cmaes, qmc, "
-                                       "optuna:random, nsga2; see `autoprune agents`.")] = "random",
+    agent: Annotated[str, typer.Option(help="Searcher: Optuna's tpe (default), cmaes, qmc, optuna:random, "
+                                       "nsga2; random (EagleEye), uniform, global, ddpg (AMC), sb3:td3, "
+                                       "sb3:sac, sb3:ppo; see `autoprune agents`.")] = DEFAULT_AGENT,
     evals: Annotated[int | None, typer.Option(help="Evaluations (candidates scored). Default: the agent's "
                                               "(random and Optuna samplers 60, nsga2 100, uniform/global 1, "
                                               "ddpg/sb3 300); "

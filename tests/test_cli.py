@@ -121,7 +121,7 @@ def test_search_writes_policy_and_exports(run, env):
     for key in ("ratios", "macs", "base_macs", "params", "base_params", "heldout_accuracy",
                 "base_heldout_accuracy", "test_accuracy", "base_test_accuracy", "agent", "seed", "evaluations"):
         assert key in policy, key
-    assert policy["agent"] == "random" and policy["seed"] == 0 and policy["model"] == "resnet20"
+    assert policy["agent"] == "tpe" and policy["seed"] == 0 and policy["model"] == "resnet20"
     assert policy["evaluations"] == 3 and policy["cached_evaluations"] == 0
     assert policy["weights"] == str(env["ckpt"])
     assert 0.495 * policy["base_macs"] <= policy["macs"] <= 0.5 * policy["base_macs"]
