@@ -117,6 +117,9 @@ def search(
     latency_table: Annotated[Path | None, typer.Option(help="Latency table file to use (made by `autoprune "
                                                        "profile --out`). Default: the cache for this model "
                                                        "and device, profiled first if missing.")] = None,
+    verify_latency: Annotated[int, typer.Option(help="With a latency budget: after the search, time up to N of "
+                                                "the best candidates on this machine and keep the first whose "
+                                                "measured latency meets the budget (0: trust the table).")] = 10,
 ) -> None:
     """Search per-group prune ratios that keep the most held-out accuracy within the budget(s)."""
     from autoprune.search import SearchConfig
@@ -128,7 +131,7 @@ def search(
                        calib_batches=calib_batches, finetune_epochs=finetune_epochs, ignore=list(ignore),
                        prune_stem=prune_stem,
                        workers=workers, ray_address=ray_address, batch=batch, threads=threads,
-                       latency_table=latency_table)
+                       latency_table=latency_table, verify_latency=verify_latency)
     run_search_with_progress(cfg, console)
 
 

@@ -29,6 +29,7 @@ from autoprune.policy import CRITERIA
 from autoprune.problem import EvalResult, Problem
 from autoprune.study import Study, StudyInfo
 from autoprune.zoo import ModelBundle, build_model
+from autoprune.verify import latency_budgets, verify_latency
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ class SearchConfig:
     batch: int = 1  # batch size at which latency counts (budgets, reported latency)
     threads: int | None = None  # CPU threads latency is measured with; None: torch's setting
     latency_table: Path | None = None  # a profiled table to use; default the cache for this model and device
+    verify_latency: int = 10  # latency budgets: time up to N best candidates, keep the first that meets them
 
     def n_evals(self) -> int:
         return self.evals if self.evals is not None else DEFAULT_EVALS.get(self.agent, 60)
@@ -219,6 +221,11 @@ def execute_search(out: Path, setup: Setup, *, on_result: Callable[[EvalResult, 
     best = problem.best
     if best is None:
         raise UserError("the search evaluated no policy within the budget")
+    verification = None
+    if cfg.verify_latency > 0 and latency_budgets(problem):
+        stage(f"timing up to {cfg.verify_latency} best candidates against the latency budget")
+        best, verification = verify_latency(problem, setup.bundle.model, top=cfg.verify_latency, batch=cfg.batch,
+                                            device=device, threads=cfg.threads)
 
     stage("testing the best policy")
     pruned = problem.pruned_model(best.ratios)
@@ -244,6 +251,8 @@ def execute_search(out: Path, setup: Setup, *, on_result: Callable[[EvalResult, 
         "heldout_images": len(setup.data.heldout), "calib_batches": cfg.calib_batches,
         "storage": _public_url(storage) if cfg.storage else "study.db",
     }
+    if verification is not None:
+        summary["latency_verification"] = verification
     if "latency_ms" in best.costs:  # the lookup table's prediction, next to the measurement above
         summary["predicted_latency_ms"] = best.costs["latency_ms"]
         summary["base_predicted_latency_ms"] = problem.base_costs["latency_ms"]

@@ -225,6 +225,57 @@ def test_latency_budget_projection_and_env(tiny, profiled):
         assert info["costs"]["latency_ms"] <= 0.7 * base["latency_ms"] * (1 + 1e-9)
 
 
+def _latency_problem(tiny, profiled, budget: str = "70%latency") -> Problem:
+    """A surrogate-accuracy problem on the tiny net's space with the profiled table as latency cost model."""
+    from autoprune.cost import analytic_cost_models
+
+    model, graph, space = tiny
+    prof, _ = profiled
+    costs = analytic_cost_models(space)
+    costs["latency_ms"] = LatencyTableCost(space, prof.predictor, prof.table)
+    base = {m: c.cost(np.zeros(space.size)) for m, c in costs.items()}
+    return Problem(model, RatioSpace(space), [parse_budget(budget, base)],
+                   QuadraticAccuracy(np.linspace(0.05, 0.5, space.size)), cost_models=costs)
+
+
+def test_measured_check_keeps_the_best_candidate_that_meets_the_budget(tiny, profiled):
+    from autoprune.verify import ranked_candidates, verify_latency
+
+    problem = _latency_problem(tiny, profiled)
+    rng = np.random.default_rng(0)
+    for _ in range(8):
+        problem.evaluate(problem.project(rng.uniform(0, 0.8, problem.space.size), rng))
+    ranked = ranked_candidates(problem)
+    assert [r.reward for r in ranked] == sorted((r.reward for r in ranked), reverse=True)
+    assert ranked[0].index == problem.best.index
+    # the table's two favourites run at 90% of the unpruned model when timed, the rest at 60%
+    slow = {tuple(problem.space.snap(r.ratios)) for r in ranked[:2]}
+
+    def timer(cases, **_):
+        (pruned, _), _base = cases  # RatioSpace "prunes" to the ratio vector itself
+        return [9.0 if tuple(pruned) in slow else 6.0, 10.0]
+
+    chosen, report = verify_latency(problem, tiny[0], top=5, timer=timer)
+    assert chosen.index == ranked[2].index and report["verified"]
+    assert [c["meets_budget"] for c in report["checked"]] == [False, False, True]
+    assert report["checked"][0]["measured_fraction"] == pytest.approx(0.9)
+    # nothing passes among the 2 checked: the search's best comes back, flagged as unverified
+    chosen, report = verify_latency(problem, tiny[0], top=2, timer=timer)
+    assert chosen.index == ranked[0].index and not report["verified"]
+
+
+def test_measured_check_of_an_absolute_budget_uses_milliseconds(tiny, profiled):
+    from autoprune.verify import verify_latency
+
+    problem = _latency_problem(tiny, profiled, budget="100%latency")
+    budget_ms = problem.budgets.budgets[0].target
+    problem.budgets.budgets[0] = parse_budget(f"{budget_ms:.6f}ms", problem.base_costs)
+    problem.evaluate(np.zeros(problem.space.size))
+    _, over = verify_latency(problem, tiny[0], timer=lambda cases, **_: [budget_ms * 1.1, budget_ms * 2])
+    _, under = verify_latency(problem, tiny[0], timer=lambda cases, **_: [budget_ms * 0.9, budget_ms * 0.5])
+    assert not over["verified"] and under["verified"]  # ms against the target, not the ratio to the base
+
+
 # -- memory ---------------------------------------------------------------------------------------
 def test_memory_costs(tiny):
     model, graph, space = tiny
@@ -291,6 +342,9 @@ def test_search_under_latency_and_flops_budgets(tmp_path, fmnist_subset, capsys,
     meta = json.loads((out / "policy.json").read_text())
     assert meta["predicted_latency_ms"] <= 0.7 * meta["base_predicted_latency_ms"] * (1 + 1e-9)
     assert meta["macs"] <= 0.9 * meta["base_macs"] and meta["latency_batch"] == 1
+    check = meta["latency_verification"]  # the best candidates timed against the budget, by default
+    assert 1 <= len(check["checked"]) <= 3 and check["budgets"] == ["70%latency"]
+    assert check["verified"] == check["checked"][-1]["meets_budget"]
     assert list((tmp_path / "cache").iterdir()) == [table] and table.read_text() == profiled  # reused as is
 
     code, _, err = _main(["search", "tiny_nets:tiny_net", "--budget", "70%latency", "--weights", "random",

@@ -1,0 +1,64 @@
+"""Measured check of a latency-budgeted search's result: the best candidate that really meets the budget.
+
+The lookup table predicts a policy's latency to within ~5-15% on a CPU like this one
+(bench/results/latency_validation-*). A search picks the most accurate candidate that the table puts
+within the budget, and among near-equal candidates the ones the table under-predicts are the less pruned,
+more accurate ones. So the winner is the candidate most likely to break the budget when measured
+(bench/results/netadapt_search-*: one winner ran at 144% of the unpruned model's latency under a 79%
+budget). After the search, up to `top` distinct candidates in reward order are therefore pruned and
+timed, each interleaved with the unpruned model. The first one whose measurement meets every latency
+budget is returned. A relative budget (`60%latency`) is checked as measured time over the unpruned
+model's measured time, so a slow spell of the machine slows both alike. An absolute one (`12ms`) is
+checked against the measured milliseconds.
+"""
+from __future__ import annotations
+
+import copy
+
+from torch import nn
+
+from autoprune.cost.measured import median_latencies_ms
+from autoprune.problem import EvalResult, Problem
+
+
+def latency_budgets(problem: Problem) -> list:
+    return [b for b in problem.budgets.budgets if b.metric == "latency_ms"]
+
+
+def ranked_candidates(problem: Problem) -> list[EvalResult]:
+    """Distinct evaluated policies, best reward first (the order `problem.best` uses)."""
+    seen, out = set(), []
+    for r in sorted(problem.results, key=lambda r: (-r.reward, r.index)):
+        if r.key not in seen:
+            seen.add(r.key)
+            out.append(r)
+    return out
+
+
+def verify_latency(problem: Problem, base_model: nn.Module, *, top: int = 10, batch: int = 1,
+                   device="cpu", threads: int | None = None, min_seconds: float = 1.0,
+                   timer=median_latencies_ms) -> tuple[EvalResult, dict]:
+    """(the chosen result, a report). With no candidate passing, the search's best and `verified: False`."""
+    budgets = latency_budgets(problem)
+    candidates = ranked_candidates(problem)
+    best = candidates[0]
+    shape = tuple(problem.space.graph.input_shape)
+    base_copy = copy.deepcopy(base_model)
+    checked = []
+    chosen = None
+    for r in candidates[:top]:
+        pruned = problem.space.apply(problem.model, problem.space.snap(r.ratios), criterion=problem.criterion)
+        ms, base_ms = timer([(pruned, shape), (base_copy, shape)], batch=batch, device=device, threads=threads,
+                            min_seconds=min_seconds, max_seconds=max(5.0, min_seconds), rounds=5)
+        fraction = ms / base_ms
+        ok = all(fraction <= b.relative if b.relative is not None else ms <= b.target for b in budgets)
+        checked.append({"evaluation": r.index, "heldout_accuracy": r.accuracy, "measured_ms": ms,
+                        "unpruned_alongside_ms": base_ms, "measured_fraction": fraction,
+                        "predicted_fraction": r.costs["latency_ms"] / problem.base_costs["latency_ms"],
+                        "meets_budget": ok})
+        if ok:
+            chosen = r
+            break
+    report = {"verified": chosen is not None, "checked": checked, "budgets": [b.text for b in budgets],
+              "search_best_evaluation": best.index}
+    return (chosen or best), report
