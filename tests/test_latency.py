@@ -268,9 +268,9 @@ def test_measured_check_of_an_absolute_budget_uses_milliseconds(tiny, profiled):
     from autoprune.verify import verify_latency
 
     problem = _latency_problem(tiny, profiled, budget="100%latency")
+    problem.budgets.budgets[0] = parse_budget(f"{1.5 * problem.base_costs['latency_ms']:.6f}ms", problem.base_costs)
     budget_ms = problem.budgets.budgets[0].target
-    problem.budgets.budgets[0] = parse_budget(f"{budget_ms:.6f}ms", problem.base_costs)
-    problem.evaluate(np.zeros(problem.space.size))
+    assert problem.evaluate(np.zeros(problem.space.size)) is not None
     _, over = verify_latency(problem, tiny[0], timer=lambda cases, **_: [budget_ms * 1.1, budget_ms * 2])
     _, under = verify_latency(problem, tiny[0], timer=lambda cases, **_: [budget_ms * 0.9, budget_ms * 0.5])
     assert not over["verified"] and under["verified"]  # ms against the target, not the ratio to the base
