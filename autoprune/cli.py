@@ -273,7 +273,7 @@ def list_agents() -> None:
     from autoprune.agents import REGISTRY
 
     for name, (_, _, desc) in REGISTRY.items():
-        typer.echo(f"{name:12s} {desc}")
+        typer.echo(f"{name:12s} {desc}{' (default)' if name == DEFAULT_AGENT else ''}")
 
 
 @app.command()

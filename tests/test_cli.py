@@ -256,7 +256,8 @@ def test_listings():
     assert {"fashion-mnist", "cifar10", "imagenet:PATH"} <= {line.split()[0] for line in datasets.output.splitlines()}
     agents = _invoke("agents")
     assert agents.exit_code == 0
-    assert {"random", "uniform", "global"} <= {line.split()[0] for line in agents.output.splitlines()}
+    assert {"random", "uniform", "global", "tpe"} <= {line.split()[0] for line in agents.output.splitlines()}
+    assert [line.split()[0] for line in agents.output.splitlines() if line.endswith("(default)")] == ["tpe"]
 
 
 def test_search_help_lists_options():
