@@ -60,7 +60,8 @@ class SearchConfig:
     finetune_epochs: int = 0
     ignore: list[str] = field(default_factory=list)
     # The stem's outputs share a group with every residual add they feed (stage 1 of a ResNet): excluding the
-    # stem freezes that whole group. Off by default; on, ResNet-20 at 50% FLOPs gains ~5 pp (bench/README).
+    # stem freezes that whole group. Off by default: at 50% FLOPs it gains ResNet-20 ~5 pp but costs ResNet-56
+    # 3-9 pp (README, Benchmarks).
     prune_stem: bool = False
     agent_options: dict = field(default_factory=dict)
     workers: int = 1  # >1: evaluate candidates in parallel on Ray actors (batching searchers only)
