@@ -28,8 +28,8 @@ from autoprune.graph import build_graph
 from autoprune.policy import CRITERIA
 from autoprune.problem import EvalResult, Problem
 from autoprune.study import Study, StudyInfo
-from autoprune.zoo import ModelBundle, build_model
 from autoprune.verify import latency_budgets, verify_latency
+from autoprune.zoo import ModelBundle, build_model
 
 log = logging.getLogger(__name__)
 

@@ -8,9 +8,9 @@ more accurate ones. So the winner is the candidate most likely to break the budg
 unpruned latency over its budget when re-timed). After the search, up to `top` distinct candidates in
 reward order are therefore pruned and timed, each `repeats` times interleaved with the unpruned model
 (median: one timing on a loaded machine can be off by far more than the table). The first one whose
-measurement meets every latency budget is returned. A relative budget (`60%latency`) is checked as measured time over the unpruned
-model's measured time, so a slow spell of the machine slows both alike. An absolute one (`12ms`) is
-checked against the measured milliseconds.
+measurement meets every latency budget is returned. A relative budget (`60%latency`) is checked as
+measured time over the unpruned model's measured time, so a slow spell of the machine slows both
+alike. An absolute one (`12ms`) is checked against the measured milliseconds.
 """
 from __future__ import annotations
 
@@ -37,32 +37,42 @@ def ranked_candidates(problem: Problem) -> list[EvalResult]:
     return out
 
 
-def verify_latency(problem: Problem, base_model: nn.Module, *, top: int = 10, repeats: int = 3, batch: int = 1,
-                   device="cpu", threads: int | None = None, min_seconds: float = 1.0,
-                   timer=median_latencies_ms) -> tuple[EvalResult, dict]:
-    """(the chosen result, a report). With no candidate passing, the search's best and `verified: False`."""
+def timed_against_base(problem: Problem, ratios, base_model: nn.Module, *, repeats: int = 3, batch: int = 1,
+                       device="cpu", threads: int | None = None, min_seconds: float = 1.0,
+                       timer=median_latencies_ms) -> dict:
+    """The pruned policy and `base_model` timed interleaved, `repeats` times: medians of ms and of their ratio."""
+    shape = tuple(problem.space.graph.input_shape)
+    pruned = problem.space.apply(problem.model, problem.space.snap(ratios), criterion=problem.criterion)
+    timings = [timer([(pruned, shape), (base_model, shape)], batch=batch, device=device, threads=threads,
+                     min_seconds=min_seconds, max_seconds=max(5.0, min_seconds), rounds=5)
+               for _ in range(max(1, repeats))]
+    return {"measured_ms": statistics.median(t[0] for t in timings),
+            "unpruned_alongside_ms": statistics.median(t[1] for t in timings),
+            "measured_fraction": statistics.median(t[0] / t[1] for t in timings)}
+
+
+def verify_latency(problem: Problem, base_model: nn.Module, *, top: int = 10, **timing) -> tuple[EvalResult, dict]:
+    """(the chosen result, a report). With no candidate passing, the search's best and `verified: False`.
+
+    `timing`: `timed_against_base`'s options (repeats, batch, device, threads, min_seconds, timer).
+    The report's `chosen` is the returned candidate's own entry among `checked`.
+    """
     budgets = latency_budgets(problem)
     candidates = ranked_candidates(problem)
-    best = candidates[0]
-    shape = tuple(problem.space.graph.input_shape)
     base_copy = copy.deepcopy(base_model)
     checked = []
-    chosen = None
-    for r in candidates[:top]:
-        pruned = problem.space.apply(problem.model, problem.space.snap(r.ratios), criterion=problem.criterion)
-        timings = [timer([(pruned, shape), (base_copy, shape)], batch=batch, device=device, threads=threads,
-                         min_seconds=min_seconds, max_seconds=max(5.0, min_seconds), rounds=5)
-                   for _ in range(max(1, repeats))]
-        ms, base_ms = statistics.median(t[0] for t in timings), statistics.median(t[1] for t in timings)
-        fraction = statistics.median(t[0] / t[1] for t in timings)
-        ok = all(fraction <= b.relative if b.relative is not None else ms <= b.target for b in budgets)
-        checked.append({"evaluation": r.index, "heldout_accuracy": r.accuracy, "measured_ms": ms,
-                        "unpruned_alongside_ms": base_ms, "measured_fraction": fraction,
+    for r in candidates[:max(1, top)]:
+        t = timed_against_base(problem, r.ratios, base_copy, **timing)
+        ok = all(t["measured_fraction"] <= b.relative if b.relative is not None else t["measured_ms"] <= b.target
+                 for b in budgets)
+        checked.append({"evaluation": r.index, "heldout_accuracy": r.accuracy, **t,
                         "predicted_fraction": r.costs["latency_ms"] / problem.base_costs["latency_ms"],
                         "meets_budget": ok})
         if ok:
-            chosen = r
             break
-    report = {"verified": chosen is not None, "checked": checked, "budgets": [b.text for b in budgets],
-              "search_best_evaluation": best.index}
-    return (chosen or best), report
+    verified = checked[-1]["meets_budget"]
+    chosen = candidates[len(checked) - 1] if verified else candidates[0]
+    report = {"verified": verified, "checked": checked, "budgets": [b.text for b in budgets],
+              "search_best_evaluation": candidates[0].index,
+              "chosen": checked[-1] if verified else checked[0]}
+    return chosen, report

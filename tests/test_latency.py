@@ -257,11 +257,13 @@ def test_measured_check_keeps_the_best_candidate_that_meets_the_budget(tiny, pro
 
     chosen, report = verify_latency(problem, tiny[0], top=5, timer=timer)
     assert chosen.index == ranked[2].index and report["verified"]
+    assert report["chosen"]["evaluation"] == ranked[2].index
     assert [c["meets_budget"] for c in report["checked"]] == [False, False, True]
     assert report["checked"][0]["measured_fraction"] == pytest.approx(0.9)
     # nothing passes among the 2 checked: the search's best comes back, flagged as unverified
     chosen, report = verify_latency(problem, tiny[0], top=2, timer=timer)
     assert chosen.index == ranked[0].index and not report["verified"]
+    assert report["chosen"]["evaluation"] == ranked[0].index  # its own timing, not the last one checked
 
 
 def test_measured_check_of_an_absolute_budget_uses_milliseconds(tiny, profiled):
