@@ -19,6 +19,12 @@ from autoprune.zoo import build_model
 from autoprune.zoo.cards import save_weights
 
 
+def _machine(device: torch.device) -> str:
+    """What trained it: the GPU's name on CUDA, else the CPU and its thread count."""
+    host = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    return f"{torch.cuda.get_device_name(device)} (cuda), host {host}" if device.type == "cuda" else host
+
+
 def train_model(model_name: str, data_spec: str, cfg: TrainConfig, out: Path, *, heldout_size: int = 5000,
                 device: str = "auto", on_epoch: Callable[[int, dict], None] | None = None) -> dict:
     dev = resolve_device(device)
@@ -38,7 +44,7 @@ def train_model(model_name: str, data_spec: str, cfg: TrainConfig, out: Path, *,
         "heldout_accuracy": accuracy(bundle.model, data.heldout, dev)["top1"],
         "test_accuracy": accuracy(bundle.model, data.test, dev)["top1"],
         "train_seconds": round(time.perf_counter() - start),
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "machine": _machine(dev),
         "history": history,
     }
     save_weights(bundle.model, out, card)
