@@ -29,6 +29,13 @@ def fast_layout(model: nn.Module, x: torch.Tensor, device: torch.device) -> tupl
     return model, x.to(device)
 
 
+def default_layout(model: nn.Module) -> nn.Module:
+    """Put `model` back into PyTorch's default (contiguous) layout, in place; outside inference
+    mode for the same reason as fast_layout. Latency is timed, and models exported, this way."""
+    with torch.inference_mode(False), torch.no_grad():
+        return model.to(memory_format=torch.contiguous_format)
+
+
 def has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 

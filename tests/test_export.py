@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from torch import nn
 import torch_pruning as tp
 
 from autoprune.errors import UserError
@@ -188,3 +189,12 @@ def test_save_pruned_model_falls_back_to_torchscript(tmp_path, caplog):
     with torch.no_grad():
         assert torch.allclose(torch.jit.load(str(paths["torchscript"]))(x), net(x))
         assert torch.allclose(torch.load(paths["pt"], weights_only=False)(x), net(x))
+
+
+def test_saved_model_has_the_default_layout_and_the_caller_keeps_its_own(tmp_path):
+    net = nn.Sequential(nn.Conv2d(2, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3)).eval()
+    net.to(memory_format=torch.channels_last)  # as the evaluator leaves it
+    save_pruned_model(net, tmp_path, torch.randn(1, 2, 8, 8), stem="m")
+    saved = torch.load(tmp_path / "m.pt", weights_only=False)
+    assert all(m.weight.is_contiguous() for m in saved if isinstance(m, nn.Conv2d))
+    assert not net[0].weight.is_contiguous()

@@ -6,6 +6,7 @@ latency are loose (rank correlation over policies whose latency differs several-
 """
 from __future__ import annotations
 
+import copy
 import json
 import time
 
@@ -19,11 +20,12 @@ from tiny_nets import tiny_net
 
 from autoprune.budget import budget_metric, parse_budget
 from autoprune.cost.lut import LatencyTable, LatencyTableCost
-from autoprune.cost.measured import MeasuredLatencyCost, measure_latency_ms
+from autoprune.cost.measured import MeasuredLatencyCost, measure_latency_ms, median_latencies_ms
 from autoprune.cost.memory import PeakActivationBytes, WeightBytes
 from autoprune.cost.profile import ProfileSettings, latency_cost_model, profile_latency
 from autoprune.cost.units import discover_units
 from autoprune.errors import UserError
+from autoprune.evaluate import fast_layout
 from autoprune.graph import build_graph
 from autoprune.problem import Problem
 from autoprune.search_spaces import ChannelSpace
@@ -279,6 +281,19 @@ def test_measured_check_of_an_absolute_budget_uses_milliseconds(tiny, profiled):
 
 
 # -- memory ---------------------------------------------------------------------------------------
+def test_models_are_timed_in_one_layout_whatever_the_evaluator_left(tiny):
+    """The evaluator leaves channels_last weights behind; a pruned copy of such a model mixes layouts.
+    Timing must not depend on that history (on a GPU it decided whether pruning looked faster)."""
+    model, graph, space = tiny
+    base, _ = fast_layout(copy.deepcopy(model), torch.randn(1, *SHAPE), torch.device("cpu"))
+    pruned = space.apply(base, np.full(space.size, 0.5))
+    convs = [m.weight for net in (base, pruned) for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert any(w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous() for w in convs)
+    median_latencies_ms([(base, SHAPE), (pruned, SHAPE)], repeats=5, warmup=1, threads=1)
+    convs = [m.weight for net in (base, pruned) for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(w.is_contiguous() and not w.is_inference() for w in convs)  # still trainable
+
+
 def test_memory_costs(tiny):
     model, graph, space = tiny
     weights = WeightBytes(space)

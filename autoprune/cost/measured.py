@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from autoprune.evaluate import default_layout
+
 
 @contextmanager
 def torch_threads(threads: int | None) -> Iterator[None]:
@@ -44,10 +46,17 @@ def median_latencies_ms(cases: list[tuple[nn.Module, tuple[int, ...]]], *, batch
     bounded time. The runs are taken in `rounds` interleaved rounds over the cases: a machine that
     alternates between fast and slow spells (shared hosts do, for fractions of a second) then
     slows every case alike instead of a few of them at random. CUDA is synchronised per run.
+
+    Every model is timed in PyTorch's default (contiguous) layout, the one a deployed model and the
+    lookup table's freshly built blocks have. The evaluator leaves models in channels_last, and a
+    pruned copy of such a model mixes layouts. Timed as they were, on an H200 a searched ResNet-20
+    measured 137% of the base model's latency; timed both contiguous, 99.4%
+    (bench/results/gpu_checks-h200.md).
     """
     device = torch.device(device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    prepared = [(m.to(device).eval(), torch.randn(batch, *shape, device=device)) for m, shape in cases]
+    prepared = [(default_layout(m).to(device).eval(), torch.randn(batch, *shape, device=device))
+                for m, shape in cases]
     with torch_threads(threads):
         counts = []
         for m, x in prepared:
