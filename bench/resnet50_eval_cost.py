@@ -1,4 +1,4 @@
-"""What one candidate evaluation of ResNet-50 at 224x224 costs, measured on this CPU.
+"""What one candidate evaluation of ResNet-50 at 224x224 costs, measured on this CPU (or a GPU).
 
 An evaluation is: prune a copy (Torch-Pruning), recalibrate BN on `calib_batches` x 64 training
 images (train-mode forwards without gradients), score the held-out split (inference forwards).
@@ -8,6 +8,7 @@ autoprune's own channel space, with the same channels_last layout the evaluator 
 docs/sweeps.md turns the per-image figures into a cost per evaluation.
 
     python bench/resnet50_eval_cost.py --threads 1 --batch 64 --batches 2
+    python bench/resnet50_eval_cost.py --device cuda --batch 256 --batches 10 --out ...
 """
 from __future__ import annotations
 
@@ -30,22 +31,27 @@ from autoprune.search_spaces import ChannelSpace
 SHAPE = (3, 224, 224)
 
 
-def per_image_ms(model: torch.nn.Module, batch: int, batches: int, train: bool) -> tuple[float, float]:
+def per_image_ms(model: torch.nn.Module, batch: int, batches: int, train: bool,
+                 device: torch.device) -> tuple[float, float]:
     """Forward time per image, median over `batches` timed batches after one warm-up: (wall, CPU).
 
     CPU time (this process's) is what the forward costs on a core of its own; wall time also holds
     whatever a shared machine took away (on the 2-core machine these figures come from, other jobs ran).
+    On a GPU the wall time is taken after a synchronize, so it is the kernels' time, not the launches'.
     """
     x = torch.randn(batch, *SHAPE)
-    model, x = fast_layout(model, x, torch.device("cpu"))
+    model, x = fast_layout(model.to(device), x, device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     model.train(train)
     ctx = torch.no_grad() if train else torch.inference_mode()
     wall, cpu = [], []
     with ctx:
         model(x)
         for _ in range(batches):
+            sync()
             t, c = time.perf_counter(), time.process_time()
             model(x)
+            sync()
             wall.append(time.perf_counter() - t)
             cpu.append(time.process_time() - c)
     return 1000 * float(np.median(wall)) / batch, 1000 * float(np.median(cpu)) / batch
@@ -54,10 +60,12 @@ def per_image_ms(model: torch.nn.Module, batch: int, batches: int, train: bool) 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--batches", type=int, default=2, help="timed batches per measurement (after one warm-up)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "resnet50_eval_cost.json")
     args = ap.parse_args()
+    device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
@@ -73,14 +81,15 @@ def main() -> None:
     prune_s = time.perf_counter() - t
     costs = problem.costs(ratios)
 
-    row = {"threads": args.threads, "batch": args.batch, "timed_batches": args.batches,
+    row = {"threads": args.threads, "batch": args.batch, "timed_batches": args.batches, "device": str(device),
            "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
+           "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
            "base_gmacs": graph.base_macs / 1e9, "pruned_gmacs": costs["macs"] / 1e9, "prune_seconds": round(prune_s, 2)}
     for name, m in (("base", model), ("pruned50", pruned)):
         for mode in ("eval", "train"):  # eval: held-out scoring; train: BN recalibration (no gradients)
-            wall, cpu = per_image_ms(m, args.batch, args.batches, train=mode == "train")
-            row[f"{name}_{mode}_ms_per_image"] = round(wall, 1)
-            row[f"{name}_{mode}_cpu_ms_per_image"] = round(cpu, 1)
+            wall, cpu = per_image_ms(m, args.batch, args.batches, train=mode == "train", device=device)
+            row[f"{name}_{mode}_ms_per_image"] = round(wall, 3)
+            row[f"{name}_{mode}_cpu_ms_per_image"] = round(cpu, 3)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(row, indent=2) + "\n")
     print(json.dumps(row, indent=2))
