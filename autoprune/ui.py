@@ -38,6 +38,12 @@ def run_search_with_progress(cfg: SearchConfig, console: Console) -> dict:
     return summary
 
 
+def speedup(base_ms: float, pruned_ms: float) -> str:
+    """'1.25x faster', or '1.29x slower' when pruning made it slower (it can: see gpu_checks-h200.md)."""
+    ratio = base_ms / pruned_ms
+    return f"{ratio:.2f}x faster" if ratio >= 1 else f"{1 / ratio:.2f}x slower"
+
+
 def summary_table(s: dict) -> Table:
     t = Table(title=f"{s['model']} · {', '.join(s['budgets'])} · agent {s['agent']} · seed {s['seed']} · "
                     f"{s['evaluations']} evaluations")
@@ -56,11 +62,11 @@ def summary_table(s: dict) -> Table:
                   f"{s['finetuned_test_accuracy'] - s['base_test_accuracy']:+.4f}")
     where = f"{s.get('latency_device', 'cpu').upper()} latency (batch {s.get('latency_batch', 1)})"
     t.add_row(f"{where}, measured", f"{s['base_latency_ms']:.2f} ms", f"{s['latency_ms']:.2f} ms",
-              f"{s['base_latency_ms'] / s['latency_ms']:.2f}x faster")
+              speedup(s["base_latency_ms"], s["latency_ms"]))
     if "predicted_latency_ms" in s:
         t.add_row(f"{where}, lookup table", f"{s['base_predicted_latency_ms']:.2f} ms",
                   f"{s['predicted_latency_ms']:.2f} ms",
-                  f"{s['base_predicted_latency_ms'] / s['predicted_latency_ms']:.2f}x faster")
+                  speedup(s["base_predicted_latency_ms"], s["predicted_latency_ms"]))
     if "latency_verification" in s:
         v = s["latency_verification"]
         kept = v["chosen"]

@@ -289,3 +289,10 @@ def test_train_writes_weights_and_model_card(env, tmp_path):
     assert out.with_suffix(".md").exists()
     model = build_model("resnet20", num_classes=10, in_channels=1, weights=str(out)).model
     assert sum(p.numel() for p in model.parameters()) == 272186
+
+
+def test_final_table_says_slower_when_pruning_made_it_slower():
+    from autoprune.ui import speedup
+
+    assert speedup(2.0, 1.6) == "1.25x faster"
+    assert speedup(2.55, 3.29) == "1.29x slower"  # not "0.78x faster" (H200, pruned ResNet-56)
