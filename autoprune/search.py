@@ -27,7 +27,7 @@ from autoprune.evaluate import Evaluator, accuracy
 from autoprune.graph import build_graph
 from autoprune.policy import CRITERIA
 from autoprune.problem import EvalResult, Problem
-from autoprune.study import Study, StudyInfo
+from autoprune.study import Study, StudyInfo, public_url
 from autoprune.verify import latency_budgets, verify_latency
 from autoprune.zoo import ModelBundle, build_model
 
@@ -250,7 +250,7 @@ def execute_search(out: Path, setup: Setup, *, on_result: Callable[[EvalResult, 
         "best_evaluation": best.index, "search_seconds": round(search_seconds, 2),
         "overhead_share": round(problem.overhead_share(), 4),
         "heldout_images": len(setup.data.heldout), "calib_batches": cfg.calib_batches,
-        "storage": _public_url(storage) if cfg.storage else "study.db",
+        "storage": public_url(storage) if cfg.storage else "study.db",
     }
     if verification is not None:
         summary["latency_verification"] = verification
@@ -283,19 +283,11 @@ def execute_search(out: Path, setup: Setup, *, on_result: Callable[[EvalResult, 
         summary.update(finetune_run(out, cfg.finetune_epochs, device=cfg.device))
     if front:
         files["pareto_front"] = out / "pareto.json"
-    summary["files"] = {k: str(v) for k, v in {"policy": out / "policy.json", "study": _public_url(storage),
+    summary["files"] = {k: str(v) for k, v in {"policy": out / "policy.json", "study": public_url(storage),
                                                **files}.items()}
     return summary
 
 
-def _public_url(url: str) -> str:
-    """The storage URL without its password, fit for a results file."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not a SQLAlchemy URL: Optuna would have refused it already
-        return url
 
 
 def _jsonable(obj):

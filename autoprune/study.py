@@ -19,6 +19,16 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 log = logging.getLogger(__name__)
 
 
+def public_url(url: str) -> str:
+    """The storage URL without its password, fit for a results file or an error message."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a SQLAlchemy URL: Optuna refuses it with its own message
+        return url
+
+
 @dataclass
 class StudyInfo:
     model: str
@@ -31,14 +41,18 @@ class StudyInfo:
 class Study:
     def __init__(self, storage: str, name: str, info: StudyInfo, max_ratios: list[float], *,
                  resume: bool = False) -> None:
+        where = public_url(storage)
         try:
             existing = optuna.study.get_all_study_names(storage)
-        except Exception as exc:  # bad URL, unreachable server, unreadable file
-            raise UserError(f"cannot open study storage {storage}: {str(exc).splitlines()[0]}") from None
+        except Exception as exc:  # bad URL, unreachable server, unreadable file, missing driver
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if "DB access module" in reason:
+                reason += " (for PostgreSQL: pip install 'autoprune[postgres]')"
+            raise UserError(f"cannot open study storage {where}: {reason}") from None
         if name in existing and not resume:
-            raise UserError(f"study '{name}' already exists in {storage}: pass --resume to continue it")
+            raise UserError(f"study '{name}' already exists in {where}: pass --resume to continue it")
         if name not in existing and resume:
-            raise UserError(f"nothing to resume: no study '{name}' in {storage}")
+            raise UserError(f"nothing to resume: no study '{name}' in {where}")
         self.study = optuna.create_study(storage=storage, study_name=name, direction="maximize",
                                          load_if_exists=resume)
         self.names = info.groups
