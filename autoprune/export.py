@@ -22,7 +22,7 @@ import torch_pruning as tp
 from torch import nn
 
 from autoprune.errors import UserError
-from autoprune.evaluate import default_layout
+from autoprune.evaluate import set_layout
 from autoprune.graph import LAYER_TYPES, PruningGraph
 from autoprune.policy import Policy, _importance
 
@@ -249,7 +249,7 @@ def save_pruned_model(model: nn.Module, out_dir: Path, example_input: torch.Tens
     out_dir.mkdir(parents=True, exist_ok=True)
     # A copy: exporting must not switch the caller's model mode. Contiguous layout: the evaluator
     # leaves channels_last parameters behind, and the file should hold PyTorch's default layout.
-    model = default_layout(copy.deepcopy(model).cpu().eval())
+    model = set_layout(copy.deepcopy(model).cpu().eval())
     example_input = example_input.detach().cpu()
     paths: dict[str, Path] = {}
     paths["pt"] = out_dir / f"{stem}.pt"

@@ -288,8 +288,6 @@ def execute_search(out: Path, setup: Setup, *, on_result: Callable[[EvalResult, 
     return summary
 
 
-
-
 def _jsonable(obj):
     if isinstance(obj, dict):
         return {k: _jsonable(v) for k, v in obj.items()}

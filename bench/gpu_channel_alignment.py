@@ -48,8 +48,8 @@ def main() -> None:
         for layout in ("contiguous", "channels_last"):
             fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
             for batch in (1, 256):
-                cases = [(m.to(memory_format=fmt), SHAPE) for m in models.values()]
-                ms = median_latencies_ms(cases, batch=batch, device=device, min_seconds=0.5, rounds=5)
+                ms = median_latencies_ms([(m, SHAPE) for m in models.values()], batch=batch, device=device,
+                                         min_seconds=0.5, rounds=5, memory_format=fmt)
                 row = {"model": name, "layout": layout, "batch": batch} | {v: round(t, 3) for v, t in zip(models, ms)}
                 rows.append(row)
                 print(json.dumps(row))

@@ -3,7 +3,8 @@
 # Expects: .whl/ with the wheels its image lacks (torch-pruning, optuna and optuna's needs) and
 # .fmnist/ with Debian's Fashion-MNIST files, both carried beside the checkout; results go to $OUT.
 # Trains the ResNet-56 zoo weights (12 and 30 epochs, side by side), runs a 60-evaluation search and a
-# latency-budget search (profiling and the measured check on CUDA), and times a ResNet-50 evaluation.
+# latency-budget search (profiling and the measured check on CUDA; on the H200 a 28x28 ResNet-20 cannot
+# go below ~87% of its latency, so the budget is 92%), and times a ResNet-50 evaluation.
 set -u
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=4
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
@@ -23,7 +24,7 @@ python3 -c "import torch, torchvision, typer, rich, torch_pruning, optuna; print
 done
 (time timeout ${SEARCH_S:-200} autoprune search --budget 50%FLOPs resnet56 --device cuda --evals ${EVALS:-60} --out $R/search-r56) > $R/search-r56.log 2>&1
 tail -25 $R/search-r56.log
-(time timeout 180 autoprune search --budget 70%latency resnet20 --device cuda --evals 20 --out $R/search-lat) > $R/search-lat.log 2>&1
+(time timeout 180 autoprune search --budget 92%latency resnet20 --device cuda --evals 20 --out $R/search-lat) > $R/search-lat.log 2>&1
 tail -25 $R/search-lat.log
 timeout 60 python3 bench/resnet50_eval_cost.py --device cuda --threads 4 --batch 256 --batches 10 \
   --out $R/resnet50_eval_cost-cuda.json 2>&1 | tail -22

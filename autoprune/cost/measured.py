@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from autoprune.evaluate import default_layout
+from autoprune.evaluate import set_layout
 
 
 @contextmanager
@@ -38,7 +38,8 @@ def torch_threads(threads: int | None) -> Iterator[None]:
 def median_latencies_ms(cases: list[tuple[nn.Module, tuple[int, ...]]], *, batch: int = 1,
                         device: torch.device | str = "cpu", warmup: int = 10, repeats: int = 50,
                         threads: int | None = None, min_seconds: float | None = None,
-                        max_seconds: float | None = None, rounds: int = 1) -> list[float]:
+                        max_seconds: float | None = None, rounds: int = 1,
+                        memory_format: torch.memory_format = torch.contiguous_format) -> list[float]:
     """Median wall time (ms) of one forward pass of each (model, input shape without batch).
 
     Each case gets `repeats` timed runs, raised to fill `min_seconds` and capped to `max_seconds`
@@ -47,15 +48,16 @@ def median_latencies_ms(cases: list[tuple[nn.Module, tuple[int, ...]]], *, batch
     alternates between fast and slow spells (shared hosts do, for fractions of a second) then
     slows every case alike instead of a few of them at random. CUDA is synchronised per run.
 
-    Every model is timed in PyTorch's default (contiguous) layout, the one a deployed model and the
-    lookup table's freshly built blocks have. The evaluator leaves models in channels_last, and a
+    Every model is converted (in place) to `memory_format` and timed in it: by default PyTorch's
+    contiguous layout, the one a deployed model and the lookup table's freshly built blocks have. The evaluator leaves models in channels_last, and a
     pruned copy of such a model mixes layouts. Timed as they were, on an H200 a searched ResNet-20
     measured 137% of the base model's latency; timed both contiguous, 99.4%
     (bench/results/gpu_checks-h200.md).
     """
     device = torch.device(device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    prepared = [(default_layout(m).to(device).eval(), torch.randn(batch, *shape, device=device))
+    prepared = [(set_layout(m, memory_format).to(device).eval(),
+                 torch.randn(batch, *shape, device=device).contiguous(memory_format=memory_format))
                 for m, shape in cases]
     with torch_threads(threads):
         counts = []
