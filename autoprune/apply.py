@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from autoprune.data import DataBundle, load_data
+from autoprune.data import CALIB_BATCH, DataBundle, load_data
 from autoprune.device import resolve_device
 from autoprune.errors import UserError
 from autoprune.evaluate import calibration_batches, recalibrate_bn
@@ -60,6 +60,6 @@ def load_run_model(policy_path: Path, *, weights: str | None = None, data: str |
     pruned = apply_policy(bundle.model, graph, kept_vec, criterion=meta.get("criterion", "l2"), seed=meta.get("seed", 0))
     if recalibrate:
         dev = resolve_device(device)
-        calib = calibration_batches(data_bundle.train, meta.get("calib_batches", 20), 64, meta.get("seed", 0))
+        calib = calibration_batches(data_bundle.train, meta.get("calib_batches", 20), CALIB_BATCH, meta.get("seed", 0))
         recalibrate_bn(pruned.to(dev), calib, dev)
     return LoadedRun(policy, bundle.model, pruned, graph, data_bundle)

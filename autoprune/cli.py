@@ -310,3 +310,6 @@ def main() -> None:
     except UserError as exc:
         console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
+    except KeyboardInterrupt:  # Ctrl-C: what was stored (and how to --resume) is logged just before
+        console.print("[red]interrupted[/red]", highlight=False)
+        sys.exit(130)

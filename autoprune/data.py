@@ -27,6 +27,7 @@ FASHION_MEAN, FASHION_STD = 0.2860, 0.3530
 CIFAR_STATS = {"cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
                "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))}
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+CALIB_BATCH = 64  # images per BN-recalibration batch; what is left of the training set must fill one
 
 DATASETS = {
     "fashion-mnist": "Fashion-MNIST, 28x28 grey, 10 classes (Debian dataset-fashion-mnist or a torchvision root)",
@@ -98,10 +99,22 @@ def load_data(spec: str, *, heldout_size: int = 5000, split_seed: int = 0) -> Da
     raise UserError(f"unknown dataset '{spec}': one of {', '.join(DATASETS)}")
 
 
+def check_heldout(spec: str, n_train: int, heldout_size: int) -> None:
+    """Refuse a held-out split that leaves less than one calibration batch of training images."""
+    most = n_train - CALIB_BATCH
+    if heldout_size < 1:
+        raise UserError(f"--heldout must be at least 1, got {heldout_size}")
+    if most < 1:
+        raise UserError(f"the training set of {spec} has {n_train} images: at least {CALIB_BATCH + 1} are needed "
+                        f"(a held-out split plus one BN-calibration batch of {CALIB_BATCH})")
+    if heldout_size > most:
+        raise UserError(f"the training set of {spec} has {n_train} images: too few for a held-out split of "
+                        f"{heldout_size} plus one BN-calibration batch of {CALIB_BATCH}; pass --heldout {most} or less")
+
+
 def _carve(name: str, num_classes: int, train: TensorSplit, test: TensorSplit, heldout_size: int,
            seed: int) -> DataBundle:
-    if not 0 < heldout_size < len(train):
-        raise UserError(f"held-out size {heldout_size} must be between 1 and {len(train) - 1}")
+    check_heldout(name, len(train), heldout_size)
     perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
     held, rest = perm[:heldout_size].sort().values, perm[heldout_size:].sort().values
     c, h, w = train.images.shape[1:]
@@ -184,6 +197,7 @@ def _image_folder(spec: str, root: Path, heldout_size: int, seed: int) -> DataBu
     train_aug = datasets.ImageFolder(str(root / "train"), train_tf)
     train_eval = datasets.ImageFolder(str(root / "train"), eval_tf)
     test = datasets.ImageFolder(str(root / "val"), eval_tf)
+    check_heldout(spec, len(train_aug), heldout_size)
     perm = torch.randperm(len(train_aug), generator=torch.Generator().manual_seed(seed))
     held, rest = perm[:heldout_size].tolist(), perm[heldout_size:].tolist()
     return DataBundle(spec, len(train_aug.classes), 3, (224, 224), Subset(train_aug, rest),
@@ -196,9 +210,14 @@ def _user_data(spec: str, heldout_size: int, seed: int) -> DataBundle:
         factory = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
         raise UserError(f"cannot import dataset factory '{spec}': {exc}") from None
-    train, test, num_classes = factory()
+    try:
+        train, test, num_classes = factory()
+    except Exception as exc:  # the user's own code: any failure, one line
+        raise UserError(f"dataset factory '{spec}' failed: {type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
     if isinstance(train, TensorSplit) and isinstance(test, TensorSplit):
         return _carve(spec, num_classes, train, test, heldout_size, seed)
+    check_heldout(spec, len(train), heldout_size)
     x0, _ = train[0]
     perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
     held, rest = perm[:heldout_size].tolist(), perm[heldout_size:].tolist()

@@ -2,8 +2,10 @@
 
 Pruning shifts every downstream activation distribution, so the BN running statistics of the
 base model are wrong for the pruned one (pruned ResNet-20s score ~20% without recalibration,
-~85% with). EagleEye's remedy: reset the statistics, forward a fixed set of training batches in
-train mode without gradients, using a cumulative average (momentum=None), then evaluate.
+~85% with). EagleEye's remedy: reset the statistics, forward a fixed set of training batches
+without gradients, using a cumulative average (momentum=None), then evaluate. Only the BN
+modules are in train mode while doing so: the model stays in eval mode, so dropout adds no noise
+and train-only branches (auxiliary heads, stochastic depth) do not run.
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from autoprune.data import TensorSplit, batches
+from autoprune.data import CALIB_BATCH, TensorSplit, batches
 
 EVAL_BATCH = 500
 
@@ -62,14 +64,19 @@ def recalibrate_bn(model: nn.Module, calib: list[torch.Tensor], device: torch.de
     for m in bns:
         m.reset_running_stats()
         m.momentum = None  # cumulative moving average over all calibration batches
-    was_training = model.training
-    model.train()
-    for x in calib:
-        model, x = fast_layout(model, x, device)
-        model(x)
-    for m, momentum in saved:
-        m.momentum = momentum
-    model.train(was_training)
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    for m in bns:
+        m.train()
+    try:
+        for x in calib:
+            model, x = fast_layout(model, x, device)
+            model(x)
+    finally:
+        for m, momentum in saved:
+            m.momentum = momentum
+        for m, training in modes:
+            m.training = training
 
 
 def accuracy(model: nn.Module, split: Dataset, device: torch.device, batch_size: int = EVAL_BATCH) -> dict:
@@ -115,7 +122,7 @@ class Evaluator:
     """Adaptive BN on fixed calibration batches, then accuracy on the held-out split."""
 
     def __init__(self, train: Dataset, heldout: Dataset, device: torch.device, *, calib_batches: int = 20,
-                 calib_batch_size: int = 64, seed: int = 0) -> None:
+                 calib_batch_size: int = CALIB_BATCH, seed: int = 0) -> None:
         self.heldout, self.device = as_tensors(heldout), device
         self.calib = calibration_batches(train, calib_batches, calib_batch_size, seed)
 

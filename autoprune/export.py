@@ -23,7 +23,7 @@ from torch import nn
 
 from autoprune.errors import UserError
 from autoprune.evaluate import set_layout
-from autoprune.graph import LAYER_TYPES, PruningGraph
+from autoprune.graph import LAYER_TYPES, PruningGraph, channel_divisor
 from autoprune.policy import Policy, _importance
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,9 @@ def _kept_counts(graph: PruningGraph, policy: Policy) -> list[tuple[str, int, in
         kept = int(round((1.0 - r) * g.channels))
         if kept < 1:
             raise UserError(f"policy ratio {r} of group {g.name} keeps no channel of {g.channels}")
+        if kept % g.divisor:
+            raise UserError(f"policy ratio {r} of group {g.name} keeps {kept} of {g.channels} channels; its grouped "
+                            f"convolution needs a multiple of {g.divisor}")
         rows.append((g.name, g.channels, kept))
     return rows
 
@@ -122,8 +125,12 @@ def tp_ratio_dict(graph: PruningGraph, policy: Policy) -> dict[str, float]:
 
     Names (not modules) so it can be written as JSON; `apply_tp_ratio_dict` maps them back onto a
     model. Groups that keep everything are left out: the pruner's global ratio of 0 keeps them.
+    Torch-Pruning applies the ratio of a grouped convolution's group to one of its `divisor` chunks,
+    so that ratio is computed per chunk.
     """
-    return {name: tp_ratio(n, kept) for name, n, kept in _kept_counts(graph, policy) if kept < n}
+    divisor = {g.name: g.divisor for g in graph.groups}
+    return {name: tp_ratio(n // divisor[name], kept // divisor[name])
+            for name, n, kept in _kept_counts(graph, policy) if kept < n}
 
 
 def _last_layer(model: nn.Module, example_inputs: torch.Tensor) -> nn.Module:
@@ -188,7 +195,12 @@ def apply_tp_ratio_dict(model: nn.Module, example_inputs: torch.Tensor, ratio_di
                                           pruning_ratio_dict=ratios, ignored_layers=ignored,
                                           iterative_steps=1)
         # What tp's arithmetic promises, checked afterwards: a silently skipped entry is a wrong model.
-        expected = {m: int(pruner.DG.get_out_channels(m) * (1.0 - r)) for m, r in ratios.items()}
+        # A grouped convolution's group is `d` chunks, and the ratio applies to one chunk.
+        expected = {}
+        for m, r in ratios.items():
+            fn = pruner.DG.get_pruner_of_module(m).prune_out_channels
+            d = channel_divisor(pruner.DG, pruner.DG.get_pruning_group(m, fn, idxs=[0]))
+            expected[m] = d * int(pruner.DG.get_out_channels(m) // d * (1.0 - r))
         pruner.step()
     finally:
         model.train(was_training)

@@ -1,10 +1,12 @@
 """The pruning graph: coupled channel groups, the layer table, DAG edges, and analytic costs.
 
 Torch-Pruning's `DependencyGraph` finds which channels must be removed together (residual adds,
-concatenations, depthwise convolutions), so no architecture needs a hand-written table. On top
-of its groups this module learns, once per model, how every tensor and parameter dimension
-depends on the channels kept in each group: it removes one channel from each group in turn on a
-scratch copy and records which dimensions shrink. Every dimension is then an affine function of
+concatenations, depthwise and grouped convolutions), so no architecture needs a hand-written
+table. On top of its groups this module learns, once per model, how every tensor and parameter
+dimension depends on the channels kept in each group: it removes one channel per channel chunk
+from each group in turn on a scratch copy (a group feeding a convolution with G groups, as in
+ResNeXt and RegNet, is G chunks that must shrink alike: its `divisor`) and records which
+dimensions shrink. Every dimension is then an affine function of
 the kept-channel vector, and MACs and params of any policy are sums of products of those
 functions (`CostPolynomial`) -- exact, microseconds, no model built. MACs follow
 `torch_pruning.utils.count_ops_and_params` (convolution, linear, norm, activation, pooling ops).
@@ -13,6 +15,8 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,6 +26,7 @@ from torch import nn
 from torch_pruning.utils.op_counter import MODULES_MAPPING
 
 from autoprune.errors import UserError
+from autoprune.support import refuse_unsupported, trace_failure
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +56,9 @@ class Group:
     out_hw: int  # output positions of the root layer (h*w)
     macs: float = 0.0  # base MACs of every op whose size depends on this group
     params: float = 0.0
+    # kept channels must be a multiple of this: the group is `divisor` equal chunks (grouped convolutions),
+    # and pruning removes the same positions from every chunk, as Torch-Pruning's pruners do
+    divisor: int = 1
 
 
 @dataclass
@@ -79,7 +87,10 @@ class CostPolynomial:
 
     def __call__(self, kept: np.ndarray) -> float:
         values = self.factors[:, :-1] @ kept + self.factors[:, -1]
-        return float((self.coef * values[self.idx].prod(axis=1)).sum())
+        total = float((self.coef * values[self.idx].prod(axis=1)).sum())
+        # counts are integers; a grouped convolution's 1/G coefficients leave float dust (1/3, 1/6)
+        whole = round(total)
+        return float(whole) if abs(total - whole) <= 1e-9 * max(1.0, abs(total)) else total
 
 
 @dataclass
@@ -118,10 +129,38 @@ class PruningGraph:
 
 def _dependency_graph(model: nn.Module, example: torch.Tensor) -> tp.DependencyGraph:
     try:
-        return tp.DependencyGraph().build_dependency(model, example_inputs=example)
+        with warnings.catch_warnings():
+            # ConvNeXt's layer_scale: tp prunes its channel dim, as it should; the warning would only alarm users
+            warnings.filterwarnings("ignore", message="Unwrapped parameters detected", category=UserWarning)
+            return tp.DependencyGraph().build_dependency(model, example_inputs=example)
     except Exception as exc:  # tracing failures come in many types
-        raise UserError(f"cannot trace the model for pruning: {type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+        raise trace_failure(exc) from None
+
+
+def channel_divisor(dg: tp.DependencyGraph, group) -> int:
+    """Chunks a Torch-Pruning group must shrink alike: the lcm of its grouped layers' channel groups.
+
+    As Torch-Pruning's MetaPruner counts them (`get_in/out_channel_groups`: convolution groups,
+    GroupNorm groups), skipping depthwise convolutions, which shrink with any channel. The lcm, not
+    tp's max, so that two different groupings in one group are both respected.
+    """
+    divisor = 1
+    for dep, _ in group:
+        m = dep.target.module
+        if isinstance(m, CONV_TYPES) and m.groups == m.out_channels:
+            continue
+        pruner = dg.get_pruner_of_module(m)
+        if pruner is None:
+            continue
+        get = pruner.get_out_channel_groups if dg.is_out_channel_pruning_fn(dep.handler) else pruner.get_in_channel_groups
+        divisor = math.lcm(divisor, int(get(m)))
+    return divisor
+
+
+def chunk_positions(channels: int, divisor: int, positions) -> list[int]:
+    """Channel indices of `positions` (within one chunk) repeated in each of `divisor` chunks."""
+    size = channels // divisor
+    return [int(p) + j * size for j in range(divisor) for p in positions]
 
 
 def _record_shapes(model: nn.Module, example: torch.Tensor) -> tuple[list[tuple], list[int]]:
@@ -153,6 +192,7 @@ def _record_shapes(model: nn.Module, example: torch.Tensor) -> tuple[list[tuple]
 def build_graph(model: nn.Module, input_shape: tuple[int, ...], *, model_id: str = "model",
                 ignore: list[str] | None = None, prune_stem: bool = False) -> PruningGraph:
     """Analyse `model` (left untouched) for an input of `input_shape` (C, H, W), batch 1."""
+    refuse_unsupported(model)
     model = copy.deepcopy(model).cpu().eval()
     example = torch.randn(1, *input_shape)
     names = {m: n for n, m in model.named_modules()}
@@ -184,7 +224,8 @@ def build_graph(model: nn.Module, input_shape: tuple[int, ...], *, model_id: str
         in_layers = [names[d.target.module] for d, _ in g
                      if dg.is_in_channel_pruning_fn(d.handler) and isinstance(d.target.module, LAYER_TYPES)]
         channels = int(dg.get_out_channels(root))
-        if channels < 2:
+        divisor = channel_divisor(dg, g)
+        if channels % divisor or channels // divisor < 2:  # nothing can go while every chunk keeps one
             continue
         depthwise = any(isinstance(modules[n], CONV_TYPES) and modules[n].groups > 1 and
                         modules[n].groups == modules[n].in_channels for n in out_layers + in_layers)
@@ -195,23 +236,23 @@ def build_graph(model: nn.Module, input_shape: tuple[int, ...], *, model_id: str
             index=len(groups), name=names[root], channels=channels, kind=kind,
             layers=list(dict.fromkeys(out_layers)), consumers=list(dict.fromkeys(in_layers)),
             in_channels=int(dg.get_in_channels(root) or 0), kernel=_kernel(root), stride=_stride(root),
-            out_hw=int(np.prod(root_call[3][2:])) if len(root_call[3]) > 2 else 1))
+            out_hw=int(np.prod(root_call[3][2:])) if len(root_call[3]) > 2 else 1, divisor=divisor))
     if not groups:
         raise UserError("no prunable channel group found (all groups touch the stem, classifier or --ignore)")
 
-    # Probe: remove one channel per group and record which dims shrink (they are affine in kept).
+    # Probe: remove one channel per chunk of each group and record which dims shrink (affine in kept).
     base = np.array(base_dims, dtype=np.float64)
     mult = np.zeros((len(base), len(groups)))
     prev = base
     for g in groups:
         root = modules[g.name]
         fn = dg.get_pruner_of_module(root).prune_out_channels
-        dg.get_pruning_group(root, fn, idxs=[0]).prune()
+        dg.get_pruning_group(root, fn, idxs=chunk_positions(g.channels, g.divisor, [0])).prune()
         _, dims = _record_shapes(model, example)
         now = np.array(dims, dtype=np.float64)
         if now.shape != prev.shape:
             raise UserError(f"pruning group {g.name} changed the model's structure; cannot cost it analytically")
-        mult[:, g.index] = prev - now
+        mult[:, g.index] = (prev - now) / g.divisor
         prev = now
     n = np.array([g.channels for g in groups], dtype=np.float64)
     # dim(kept) = base + mult @ (kept - n)  ->  factor rows [mult | base - mult @ n]

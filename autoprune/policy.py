@@ -3,6 +3,8 @@
 `apply_policy` returns a pruned *copy* built with Torch-Pruning: for every group it scores the
 channels with the chosen importance criterion on the unpruned model, then removes the lowest
 scored channels of all groups, so the result does not depend on the order groups are visited.
+A group of grouped convolutions (`Group.divisor` chunks) is ranked as Torch-Pruning's MetaPruner
+ranks it: scores averaged over the chunks, and the same positions removed from every chunk.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import torch_pruning as tp
 from torch import nn
 
 from autoprune.errors import UserError
-from autoprune.graph import PruningGraph, _dependency_graph
+from autoprune.graph import PruningGraph, _dependency_graph, chunk_positions
 
 POLICY_FORMAT = "autoprune.policy"
 POLICY_VERSION = 1
@@ -98,12 +100,19 @@ def apply_policy(model: nn.Module, graph: PruningGraph, kept: np.ndarray, *, cri
         n_remove = g.channels - int(kept[g.index])
         if n_remove <= 0:
             continue
+        if n_remove % g.divisor:
+            raise UserError(f"group {g.name} keeps {int(kept[g.index])} of {g.channels} channels; its grouped "
+                            f"convolution needs a multiple of {g.divisor}")
         root = modules[g.name]
         fn = dg.get_pruner_of_module(root).prune_out_channels
         group = dg.get_pruning_group(root, fn, idxs=list(range(g.channels)))
         scores = imp(group)
-        order = torch.argsort(scores, stable=True) if scores is not None else torch.arange(g.channels)
-        plans.append((root, fn, order[:n_remove].tolist()))
+        size = g.channels // g.divisor
+        if scores is None:
+            order = torch.arange(size)
+        else:
+            order = torch.argsort(scores.view(g.divisor, size).mean(dim=0), stable=True)
+        plans.append((root, fn, chunk_positions(g.channels, g.divisor, order[:n_remove // g.divisor].tolist())))
     for root, fn, idxs in plans:
         dg.get_pruning_group(root, fn, idxs=idxs).prune()
     return pruned

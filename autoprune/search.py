@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -183,7 +184,50 @@ def prepare_search(cfg: SearchConfig, *,
 
 def execute_search(out: Path, setup: Setup, *, on_result: Callable[[EvalResult, Problem], None] | None = None,
                    on_stage: Callable[[str], None] | None = None) -> dict:
-    """Create the run folder and study, search, test the best policy, write policy and exports."""
+    """Create the run folder and study, search, test the best policy, write policy and exports.
+
+    A fresh run that fails (or is interrupted) before any evaluation is stored takes back what it
+    wrote -- folder, study -- so the same command can run again; one with stored evaluations is
+    kept, and the error says how to `--resume` it.
+    """
+    existed = out.exists()
+    try:
+        return _execute(out, setup, on_result=on_result, on_stage=on_stage)
+    except BaseException as exc:
+        hint = _after_failure(out, setup, existed)
+        if hint and isinstance(exc, UserError):
+            raise UserError(f"{exc}; {hint}") from None
+        if hint:
+            log.error("%s", hint)
+        raise
+
+
+def _after_failure(out: Path, setup: Setup, existed: bool) -> str | None:
+    """Remove a failed fresh run's folder and study when nothing was stored; else the --resume hint."""
+    cfg, study = setup.config, setup.problem.study
+    if cfg.resume:
+        return None
+    stored = len(study.records()) if study is not None else 0
+    if stored:
+        return f"{stored} evaluations are stored in {out}: rerun with --resume to continue"
+    if study is not None and cfg.storage:  # an external database: free the study name for the rerun
+        import optuna
+
+        try:
+            optuna.delete_study(study_name=study.study.study_name, storage=cfg.storage)
+        except Exception:  # best effort: the original error matters more
+            log.debug("could not delete study %s", study.study.study_name, exc_info=True)
+    if out.exists():
+        if existed:  # an empty folder the user gave: empty it again
+            for child in out.iterdir():
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+        else:
+            shutil.rmtree(out)
+    return None
+
+
+def _execute(out: Path, setup: Setup, *, on_result: Callable[[EvalResult, Problem], None] | None,
+             on_stage: Callable[[str], None] | None) -> dict:
     cfg = setup.config
     stage = on_stage or (lambda s: None)
     problem, device = setup.problem, setup.device

@@ -69,7 +69,10 @@ def train(model: nn.Module, data: DataBundle, cfg: TrainConfig, device: torch.de
                 x = augment(x, gen, pad)
             x = x.to(device, non_blocking=True, memory_format=torch.channels_last)
             y = y.to(device, non_blocking=True)
-            loss = F.cross_entropy(model(x), y, label_smoothing=cfg.label_smoothing)
+            out = model(x)
+            if isinstance(out, tuple):  # (logits, auxiliary logits...) of a user's net with train-only heads
+                out = out[0]
+            loss = F.cross_entropy(out, y, label_smoothing=cfg.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

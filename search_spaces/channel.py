@@ -5,10 +5,13 @@ layers) and never fall below 1. The default, round_to=None ("auto"), picks per g
 largest of 8, 4, 2, 1 that still leaves at least 32 choices: the 16- and 32-channel groups of
 CIFAR ResNets keep single-channel resolution (a coarser grid could not hit a FLOPs target within
 0.5%: one step would cost ~0.7% of a ResNet-20), while 256+-channel groups of ImageNet nets
-round to 8.
+round to 8. A group of grouped convolutions (divisor G: G chunks that shrink alike) keeps a
+multiple of G, at least one channel per chunk; its step is G times the auto step of one chunk,
+or the least common multiple of G and an explicit `round_to`.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -44,9 +47,11 @@ class ChannelSpace:
             raise ValueError(f"round_to must be >= 1, got {self.round_to}")
         self.channels = self.graph.channels
         n = self.channels.astype(np.int64)
-        self.steps = np.array([self.round_to or auto_round_to(int(c)) for c in n], dtype=np.int64)
+        divisors = np.array([g.divisor for g in self.graph.groups], dtype=np.int64)
+        self.steps = np.array([math.lcm(self.round_to, int(d)) if self.round_to else int(d) * auto_round_to(int(c) // int(d))
+                               for c, d in zip(n, divisors)], dtype=np.int64)
         self.steps = np.minimum(self.steps, n)
-        lo = np.maximum(1, np.ceil((1.0 - self.max_ratio) * n - 1e-9)).astype(np.int64)
+        lo = np.maximum(divisors, np.ceil((1.0 - self.max_ratio) * n - 1e-9)).astype(np.int64)
         self.min_kept = np.minimum(n, np.ceil(lo / self.steps).astype(np.int64) * self.steps)
         # allowed kept counts per group: multiples of the step from min_kept up, plus full width
         self.levels = [np.unique(np.append(np.arange(lo_i, c + 1, st), c))

@@ -296,3 +296,79 @@ def test_final_table_says_slower_when_pruning_made_it_slower():
 
     assert speedup(2.0, 1.6) == "1.25x faster"
     assert speedup(2.55, 3.29) == "1.29x slower"  # not "0.78x faster" (H200, pruned ResNet-56)
+
+
+def test_failed_run_leaves_nothing_and_the_same_command_runs_again(env, monkeypatch, capsys):
+    """A crash before any evaluation is stored takes back the run folder; the rerun then works."""
+    from autoprune.problem import Problem
+
+    out = env["root"] / "runs" / "crashed"
+    args = ["search", "resnet20", "--budget", "50%FLOPs", "--weights", str(env["ckpt"]), "--agent", "uniform",
+            "--heldout", "300", "--calib-batches", "1", "--data", env["data"], "--out", str(out)]
+    original = Problem.score
+
+    def crash(self, ratios):
+        raise RuntimeError("evaluation exploded")
+
+    monkeypatch.setattr(Problem, "score", crash)
+    with pytest.raises(RuntimeError, match="exploded"):
+        _main(args, capsys, monkeypatch)
+    assert not out.exists()
+    monkeypatch.setattr(Problem, "score", original)
+    code, _, err = _main(args, capsys, monkeypatch)
+    assert code == 0, err
+    assert (out / "policy.json").is_file()
+
+
+def test_failed_run_with_stored_evaluations_is_kept_and_says_resume(env, monkeypatch, capsys):
+    from autoprune.errors import UserError
+    from autoprune.problem import Problem
+
+    out = env["root"] / "runs" / "half"
+    args = ["search", "resnet20", "--budget", "50%FLOPs", "--weights", str(env["ckpt"]), "--agent", "random",
+            "--evals", "3", "--heldout", "300", "--calib-batches", "1", "--data", env["data"], "--out", str(out)]
+    original, calls = Problem.score, []
+
+    def fail_second(self, ratios):
+        calls.append(1)
+        if len(calls) == 2:
+            raise UserError("the user's evaluate() gave up")
+        return original(self, ratios)
+
+    monkeypatch.setattr(Problem, "score", fail_second)
+    code, _, err = _main(args, capsys, monkeypatch)
+    errors = [line for line in err.splitlines() if line.startswith("error:")]  # below the progress bar
+    assert code == 2 and len(errors) == 1 and "Traceback" not in err, err
+    assert "gave up" in errors[0] and "1 evaluations are stored" in errors[0] and "--resume" in errors[0]
+    assert (out / "study.db").is_file()
+    monkeypatch.setattr(Problem, "score", original)
+    code, _, err = _main(args + ["--resume"], capsys, monkeypatch)
+    assert code == 0, err
+    policy = json.loads((out / "policy.json").read_text())
+    assert policy["evaluations"] == 3 and policy["cached_evaluations"] == 1
+
+
+def test_data_too_small_for_the_heldout_split_is_refused_up_front(env, capsys, monkeypatch, tmp_path):
+    out = tmp_path / "run"
+    code, _, err = _main(["search", "resnet20", "--budget", "50%FLOPs", "--weights", "random", "--data", env["data"],
+                          "--heldout", "5000", "--out", str(out)], capsys, monkeypatch)
+    _assert_one_line_error(code, err, out, f"has {N_TRAIN} images", "held-out split of 5000",
+                           f"--heldout {N_TRAIN - 64} or less")
+
+
+def test_a_user_factory_that_raises_is_one_line(env, capsys, monkeypatch, tmp_path):
+    (env["mods"] / "autoprune_raising_factories.py").write_text(textwrap.dedent("""
+        def model(num_classes, in_channels):
+            raise ValueError("no such width")
+
+        def data():
+            raise OSError("my bucket is offline")
+    """))
+    monkeypatch.syspath_prepend(str(env["mods"]))
+    out = tmp_path / "run"
+    code, _, err = _main(["search", "autoprune_raising_factories:model", "--budget", "50%FLOPs", "--weights",
+                          "random", "--data", env["data"], "--heldout", "300", "--out", str(out)], capsys, monkeypatch)
+    _assert_one_line_error(code, err, out, "model factory", "ValueError", "no such width")
+    code, _, err = _main(["search", "resnet20", "--budget", "50%FLOPs", "--weights", "random", "--data",
+                          "autoprune_raising_factories:data", "--out", str(out)], capsys, monkeypatch)
+    _assert_one_line_error(code, err, out, "dataset factory", "OSError", "my bucket is offline")

@@ -198,3 +198,22 @@ def test_saved_model_has_the_default_layout_and_the_caller_keeps_its_own(tmp_pat
     saved = torch.load(tmp_path / "m.pt", weights_only=False)
     assert all(m.weight.is_contiguous() for m in saved if isinstance(m, nn.Conv2d))
     assert not net[0].weight.is_contiguous()
+
+
+def test_tp_ratio_dict_of_grouped_convolutions_reproduces_apply_policy():
+    """Torch-Pruning applies a grouped group's ratio per chunk; the exported ratios account for it."""
+    shape = (3, 32, 32)
+    torch.manual_seed(0)
+    model = build_model("regnet_x_400mf", num_classes=10, in_channels=3, weights="random").model.eval()
+    graph = build_graph(model, shape)
+    space = ChannelSpace(graph)
+    x = torch.randn(1, *shape)
+    ratios, policy = _policy(space, 3)
+    kept = space.kept(ratios)
+    assert any(kept[g.index] < g.channels for g in graph.groups if g.divisor > 1)
+    ratio_dict = json.loads(json.dumps(tp_ratio_dict(graph, policy)))
+    theirs = apply_tp_ratio_dict(copy.deepcopy(model), x, ratio_dict, importance="l1")
+    assert tp.utils.count_ops_and_params(theirs, x) == (graph.macs(kept), graph.params(kept))
+    ours = space.apply(model, ratios, criterion="l1")
+    with torch.no_grad():
+        assert torch.allclose(ours(x), theirs(x), atol=1e-5)

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch_pruning as tp
 
+from autoprune.errors import UserError
 from autoprune.graph import build_graph
 from autoprune.policy import apply_policy
 from autoprune.search_spaces import ChannelSpace
@@ -164,3 +165,52 @@ def test_torchvision_resnet18_costs_match():
     macs, params = _tp_costs(apply_policy(model, graph, kept), shape)
     assert graph.macs(kept) == macs
     assert graph.params(kept) == params
+
+
+@pytest.mark.parametrize("name", ["regnet_x_400mf", "resnext50_32x4d"])
+def test_grouped_convolutions_prune_in_whole_chunks_and_cost_exactly(name):
+    """A group feeding a G-group convolution keeps a multiple of G; costs still equal Torch-Pruning's counter."""
+    shape = (3, 32, 32)
+    torch.manual_seed(0)
+    model = build_model(name, num_classes=10, in_channels=3, weights="random").model.eval()
+    graph = build_graph(model, shape, model_id=name)
+    grouped = [g for g in graph.groups if g.divisor > 1]
+    assert grouped, "no grouped-convolution group found"
+    modules = dict(model.named_modules())
+    for g in grouped:  # the divisor is the convolution's groups, and the group is a whole number of chunks
+        convs = [modules[n] for n in g.layers + g.consumers if isinstance(modules[n], torch.nn.Conv2d)]
+        assert g.divisor == max(c.groups for c in convs) and g.channels % g.divisor == 0
+    space = ChannelSpace(graph)
+    for g in grouped:
+        assert all(level % g.divisor == 0 for level in space.levels[g.index]), g.name
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        kept = space.kept(rng.uniform(0, 0.8, space.size))
+        assert all(kept[g.index] % g.divisor == 0 for g in grouped)
+        assert any(kept[g.index] < g.channels for g in grouped)
+        pruned = apply_policy(model, graph, kept)
+        assert _tp_costs(pruned, shape) == (graph.macs(kept), graph.params(kept))
+        with torch.no_grad():
+            assert pruned(torch.randn(2, *shape)).shape == (2, 10)
+    with pytest.raises(UserError, match="multiple of"):  # a count the convolution cannot take
+        bad = graph.channels.copy()
+        bad[grouped[0].index] -= 1
+        apply_policy(model, graph, bad)
+
+
+def test_grouped_chunks_lose_the_same_channels_ranked_by_their_mean():
+    """Torch-Pruning's rule for grouped convolutions: importance averaged over chunks, same positions removed."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Conv2d(8, 8, 3, padding=1),
+                                torch.nn.Conv2d(8, 16, 3, padding=1, groups=4), torch.nn.Flatten(),
+                                torch.nn.Linear(16 * 64, 10)).eval()
+    graph = build_graph(model, (3, 8, 8))
+    g = next(g for g in graph.groups if g.name == "1")  # feeds the 4-group convolution
+    assert g.divisor == 4 and g.channels == 8
+    with torch.no_grad():  # channel 1 of every 2-channel chunk is weak: it must be the one to go everywhere
+        model[1].weight[1::2] *= 0.01
+    kept = graph.channels.copy()
+    kept[g.index] = 4
+    pruned = apply_policy(model, graph, kept, criterion="l2")
+    assert torch.equal(pruned[1].weight, model[1].weight[0::2])
+    assert pruned[2].weight.shape == (16, 1, 3, 3)

@@ -3,12 +3,15 @@
 `build_model` returns a `ModelBundle` whose weights come from (in order of what the user asked):
 a local checkpoint file, a torchvision weights name, the weights shipped in `zoo/weights/` for
 this model and dataset, or random initialisation (only when asked for with ``weights="random"``).
+Train-only auxiliary classifiers (GoogLeNet, Inception v3) are dropped, with a warning
+(`autoprune.support`); a checkpoint's entries for them are ignored.
 """
 from __future__ import annotations
 
 import importlib
 import inspect
 import json
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +20,7 @@ import torch
 from torch import nn
 
 from autoprune.errors import UserError
+from autoprune.support import drop_auxiliary_heads
 from autoprune.zoo.cifar_resnet import CifarResNet
 from autoprune.zoo.small_nets import SmallMobileNetV2, SmallVGG
 
@@ -86,6 +90,7 @@ def _build(name: str, num_classes: int, in_channels: int, dataset: str | None, w
         return _torchvision_model(name, num_classes, weights)
     else:
         raise UserError(f"unknown model '{name}': see `autoprune models` (or use package.module:factory)")
+    dropped = drop_auxiliary_heads(model, name)
 
     if weights == "random":
         return ModelBundle(model, name, "random", native_channels, num_classes)
@@ -94,18 +99,21 @@ def _build(name: str, num_classes: int, in_channels: int, dataset: str | None, w
         if path is None:
             raise UserError(f"no trained weights for {name} on {dataset}: pass --weights FILE "
                             f"(train one with `autoprune train {name}`) or --weights random")
-        load_checkpoint(model, path)
+        load_checkpoint(model, path, skip=dropped)
         return ModelBundle(model, name, "shipped", native_channels, num_classes,
                            shipped_card(name, dataset or ""))
     path = Path(weights)
     if not path.exists():
         raise UserError(f"weights file not found: {weights}")
-    load_checkpoint(model, path)
+    load_checkpoint(model, path, skip=dropped)
     return ModelBundle(model, name, str(path), native_channels, num_classes)
 
 
-def load_checkpoint(model: nn.Module, path: Path) -> None:
-    """Load a state_dict, a {'state_dict': ...} / {'model': ...} checkpoint, or a whole pickled module."""
+def load_checkpoint(model: nn.Module, path: Path, *, skip: list[str] | tuple = ()) -> None:
+    """Load a state_dict, a {'state_dict': ...} / {'model': ...} checkpoint, or a whole pickled module.
+
+    Entries under the module names in `skip` (auxiliary heads the model dropped) are ignored.
+    """
     try:
         obj = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # torch raises many types for corrupt files
@@ -120,6 +128,7 @@ def load_checkpoint(model: nn.Module, path: Path) -> None:
     if not isinstance(obj, dict):
         raise UserError(f"checkpoint {path} holds no state_dict")
     obj = {k.removeprefix("module."): v for k, v in obj.items()}
+    obj = {k: v for k, v in obj.items() if k.split(".", 1)[0] not in skip}
     own = model.state_dict()
     missing = [k for k in own if k not in obj]
     unexpected = [k for k in obj if k not in own]
@@ -135,9 +144,12 @@ def _torchvision_model(name: str, num_classes: int, weights: str | None) -> Mode
     import torchvision
 
     if weights is None or weights == "random" or Path(weights).exists():
-        model = torchvision.models.get_model(name, num_classes=num_classes)
+        with warnings.catch_warnings():  # GoogLeNet/Inception warn that their default init will change
+            warnings.simplefilter("ignore", FutureWarning)
+            model = torchvision.models.get_model(name, num_classes=num_classes)
+        dropped = drop_auxiliary_heads(model, name)
         if weights not in (None, "random"):
-            load_checkpoint(model, Path(weights))
+            load_checkpoint(model, Path(weights), skip=dropped)
         return ModelBundle(model, name, weights or "random", 3, num_classes)
     enum = torchvision.models.get_model_weights(name)
     try:
@@ -150,6 +162,7 @@ def _torchvision_model(name: str, num_classes: int, weights: str | None) -> Mode
         raise UserError(f"weights {w} predict {classes} classes but the data has {num_classes}")
     # Downloaded only here, when the user asked for a named torchvision weight.
     model = torchvision.models.get_model(name, weights=w)
+    drop_auxiliary_heads(model, name)
     return ModelBundle(model, name, str(w), 3, num_classes)
 
 
@@ -161,7 +174,11 @@ def _user_model(spec: str, num_classes: int, in_channels: int) -> nn.Module:
         raise UserError(f"cannot import model factory '{spec}': {exc}") from None
     params = inspect.signature(factory).parameters
     kwargs = {k: v for k, v in (("num_classes", num_classes), ("in_channels", in_channels)) if k in params}
-    model = factory(**kwargs)
+    try:
+        model = factory(**kwargs)
+    except Exception as exc:  # the user's own code: any failure, one line
+        raise UserError(f"model factory '{spec}' failed: {type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
     if not isinstance(model, nn.Module):
         raise UserError(f"model factory '{spec}' returned {type(model).__name__}, not a torch.nn.Module")
     return model
