@@ -102,6 +102,10 @@ class BudgetSet:
         for b in self.budgets:
             low = self.minimum[b.metric]
             if b.target < low:
+                if b.metric == "latency_ms":  # the floor: the thinnest policy of the space, timed whole
+                    raise UserError(f"budget {b.text} is infeasible: the smallest reachable latency is {low:.3g} ms "
+                                    f"({low / self.base[b.metric]:.1%} of the unpruned model), that of the thinnest "
+                                    "policy the space allows (every group at the maximum prune ratio)")
                 raise UserError(f"budget {b.text} is infeasible: the smallest reachable {b.metric} is "
                                 f"{human(low)} ({low / self.base[b.metric]:.1%} of the model) at the "
                                 f"maximum prune ratio")

@@ -119,7 +119,15 @@ def search(
                                                        "and device, profiled first if missing.")] = None,
     verify_latency: Annotated[int, typer.Option(help="With a latency budget: after the search, time up to N of "
                                                 "the best candidates on this machine and keep the first whose "
-                                                "measured latency meets the budget (0: trust the table).")] = 10,
+                                                "measured latency meets the budget (0: trust the table); if none "
+                                                "does, up to N more that the table puts furthest under it.")] = 10,
+    accept_unverified: Annotated[bool, typer.Option(help="With a latency budget: exit 0 even when no checked "
+                                                    "candidate measured within it (default: exit code 3; "
+                                                    "policy.json is written either way, \"verified\": false).")] = False,
+    reprofile: Annotated[bool, typer.Option(help="Profile the latency table afresh. Without it the cached table is "
+                                            "checked first: if the unpruned model measures more than 15% off the "
+                                            "table's base latency, predictions are rescaled by the ratio (one "
+                                            "line says so).")] = False,
 ) -> None:
     """Search per-group prune ratios that keep the most held-out accuracy within the budget(s)."""
     from autoprune.search import SearchConfig
@@ -131,8 +139,18 @@ def search(
                        calib_batches=calib_batches, finetune_epochs=finetune_epochs, ignore=list(ignore),
                        prune_stem=prune_stem,
                        workers=workers, ray_address=ray_address, batch=batch, threads=threads,
-                       latency_table=latency_table, verify_latency=verify_latency)
-    run_search_with_progress(cfg, console)
+                       latency_table=latency_table, verify_latency=verify_latency,
+                       accept_unverified=accept_unverified, reprofile=reprofile)
+    summary = run_search_with_progress(cfg, console)
+    check = summary.get("latency_verification")
+    if check is not None and not check["verified"] and not accept_unverified:
+        from autoprune.verify import UNVERIFIED_EXIT
+
+        console.print(f"[red]error:[/red] no checked candidate measured within the latency budget "
+                      f"({len(check['checked'])} timed, the closest at "
+                      f"{min(c['measured_fraction'] for c in check['checked']):.1%} of the unpruned model): the policy is kept unverified in {escape(summary['files']['policy'])}; "
+                      "pass --accept-unverified to exit 0", highlight=False, soft_wrap=True)
+        raise typer.Exit(UNVERIFIED_EXIT)
 
 
 @app.command()

@@ -71,6 +71,8 @@ class SearchConfig:
     threads: int | None = None  # CPU threads latency is measured with; None: torch's setting
     latency_table: Path | None = None  # a profiled table to use; default the cache for this model and device
     verify_latency: int = 10  # latency budgets: time up to N best candidates, keep the first that meets them
+    accept_unverified: bool = False  # latency budgets: a run whose measured check fails still succeeds (exit 0)
+    reprofile: bool = False  # profile the latency table afresh instead of using (and checking) the cached one
 
     def n_evals(self) -> int:
         return self.evals if self.evals is not None else DEFAULT_EVALS.get(self.agent, 60)
@@ -129,9 +131,13 @@ def build_setup(cfg: SearchConfig, *, on_profile: Callable[[str, int, int], None
         if cfg.threads is None:  # pinned: Ray workers rebuild this setup with fewer threads, same table
             cfg.threads = torch.get_num_threads()
         settings = ProfileSettings(device=str(device), batch=cfg.batch, threads=cfg.threads)
-        cost_models["latency_ms"] = latency_cost_model(bundle.model, space, settings, path=cfg.latency_table,
-                                                       on_progress=on_profile)
-        base["latency_ms"] = cost_models["latency_ms"].cost(np.zeros(space.size))
+        from autoprune.cost.staleness import check_table
+
+        lut = latency_cost_model(bundle.model, space, settings, path=cfg.latency_table, force=cfg.reprofile,
+                                 on_progress=on_profile)
+        check_table(lut, bundle.model, batch=cfg.batch, device=device, threads=cfg.threads)
+        cost_models["latency_ms"] = lut
+        base["latency_ms"] = lut.cost(np.zeros(space.size))
     budgets = [parse_budget(b, base) for b in cfg.budgets]
     problem = Problem(bundle.model, space, budgets, evaluator, criterion=cfg.criterion,
                       cost_models=cost_models, seed=cfg.seed)
@@ -299,8 +305,11 @@ def _execute(out: Path, setup: Setup, *, on_result: Callable[[EvalResult, Proble
     if verification is not None:
         summary["latency_verification"] = verification
     if "latency_ms" in best.costs:  # the lookup table's prediction, next to the measurement above
+        lut = problem.cost_models["latency_ms"]
         summary["predicted_latency_ms"] = best.costs["latency_ms"]
         summary["base_predicted_latency_ms"] = problem.base_costs["latency_ms"]
+        summary["latency_floor_ms"] = lut.floor_ms
+        summary["latency_table_check"] = lut.check
     if problem.space.kind == "channel":
         summary["kept_channels"] = {n: int(k) for n, k in zip(problem.space.names, problem.space.kept(best.ratios))}
     front = getattr(setup.searcher, "pareto_front", None)  # multi-objective searchers (nsga2)

@@ -71,7 +71,7 @@ def summary_table(s: dict) -> Table:
         v = s["latency_verification"]
         kept = v["chosen"]
         verdict = (f"evaluation {kept['evaluation']} meets it" if v["verified"]
-                   else f"none of {len(v['checked'])} met it: the search's best is kept")
+                   else f"none of {len(v['checked'])} met it: the search's best is kept, unverified")
         t.add_row(f"latency budget, measured check of {len(v['checked'])} best", "",
                   f"{kept['measured_fraction']:.1%} of base", verdict)
     return t

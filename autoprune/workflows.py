@@ -87,6 +87,7 @@ def profile_model(model: str, settings, *, data: str = "fashion-mnist", weights:
     from autoprune.cost.profile import profile_latency
     from autoprune.errors import UserError
     from autoprune.graph import build_graph
+    from autoprune.search_spaces import ChannelSpace
     from autoprune.zoo import SMALL_MODELS, shipped_weights
 
     if input_shape is not None:
@@ -110,5 +111,7 @@ def profile_model(model: str, settings, *, data: str = "fashion-mnist", weights:
     t = prof.table
     return {"table": str(prof.path), "device": describe_fingerprint(t.fingerprint), "input": "x".join(map(str, shape)),
             "batch": t.batch, "layer_shapes": len(t.tables), "layers": len(prof.units),
-            "base_latency_ms": round(t.base_ms, 4), "calibration_scale": round(t.calibration["scale"], 4),
+            "base_latency_ms": round(t.base_ms, 4), "floor_latency_ms": round(t.floor_ms(ChannelSpace(graph).min_kept), 4),
+            "calibration": "{model}: measured = {a:.4f} x raw + {b:.4f} ms".format(**t.calibration["fit"]),
+            "timing_spread": f"{t.stability.get('spread', 0.0):.1%} (unpruned model timed between layer shapes)",
             "profile_seconds": round(t.seconds, 1)}

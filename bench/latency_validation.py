@@ -11,12 +11,21 @@ Writes JSON (every policy, machine, profile) and a Markdown summary.
 
     python bench/latency_validation.py --threads 1 --policies 50
     python bench/latency_validation.py --models resnet20 --policies 10      # small check
+    python bench/latency_validation.py --threads 1 --policies 50 --load 2 --tag loaded
+
+`--load N` starts N background processes that alternate busy and idle spells (0.2-2 s each, seeded)
+while each table is profiled, and stops them before any policy is measured: a table profiled on a
+busy machine, judged against quiet truth. Every prediction is also checked against the table's
+measured floor (the thinnest policy the space allows, timed whole).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
+import multiprocessing
+import random
 import sys
 import tempfile
 import time
@@ -62,9 +71,42 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--netadapt", type=int, default=10,
                    help="random policies per arm of the ResNet-56 speedup comparison (0: skip it)")
     p.add_argument("--speedup", type=float, default=1.6, help="latency target of the latency-budgeted arm")
+    p.add_argument("--load", type=int, default=0,
+                   help="background processes alternating busy/idle spells while profiling (0: a quiet profile)")
     p.add_argument("--out-dir", type=Path, default=Path("bench/results"))
     p.add_argument("--tag", default="")
     return p.parse_args(argv)
+
+
+def _spells(seed: int, stop) -> None:
+    """Busy for 0.2-2 s, idle for 0.2-2 s, until told to stop: the slow spells of a shared machine."""
+    rng = random.Random(seed)
+    while not stop.is_set():
+        until = time.perf_counter() + rng.uniform(0.2, 2.0)
+        while time.perf_counter() < until:
+            pass
+        stop.wait(rng.uniform(0.2, 2.0))
+
+
+@contextlib.contextmanager
+def background_load(n: int, seed: int):
+    """`n` processes of busy/idle spells for the duration of the block (nothing when n is 0)."""
+    if n <= 0:
+        yield
+        return
+    ctx = multiprocessing.get_context("spawn")
+    stop = ctx.Event()
+    procs = [ctx.Process(target=_spells, args=(seed + i, stop), daemon=True) for i in range(n)]
+    for proc in procs:
+        proc.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        for proc in procs:
+            proc.join(5)
+            if proc.is_alive():
+                proc.terminate()
 
 
 def setup_model(name: str) -> tuple[torch.nn.Module, ChannelSpace, str]:
@@ -105,7 +147,8 @@ def validate_model(name: str, args: argparse.Namespace, cache: Path) -> dict:
     shape = space.graph.input_shape
     settings = ProfileSettings(device=args.device, batch=args.batch, threads=args.threads, grid=args.grid)
     start = time.perf_counter()
-    prof = profile_latency(model, space.graph, settings, path=cache / f"{name}.json")
+    with background_load(args.load, args.seed):
+        prof = profile_latency(model, space.graph, settings, path=cache / f"{name}.json", floor_kept=space.min_kept)
     profile_wall = time.perf_counter() - start
     lut = LatencyTableCost(space, prof.predictor, prof.table)
     timing = dict(batch=args.batch, device=args.device, threads=args.threads, repeats=args.repeats,
@@ -125,6 +168,8 @@ def validate_model(name: str, args: argparse.Namespace, cache: Path) -> dict:
         r["measured_normalised_ms"] = r["measured_ms"] / r["unpruned_alongside_ms"] * base_ms
         r["flops_proportional_ms"] = base_ms * r["macs_fraction"]
     pred = np.array([r["predicted_ms"] for r in rows])
+    # the floor and the thinnest policy's prediction (every group at its maximum ratio), next to the policies'
+    floor, thinnest = lut.floor_ms, lut.cost(space.max_ratios)
     meas = np.array([r["measured_ms"] for r in rows])
     norm = np.array([r["measured_normalised_ms"] for r in rows])
     naive = np.array([r["flops_proportional_ms"] for r in rows])
@@ -133,7 +178,11 @@ def validate_model(name: str, args: argparse.Namespace, cache: Path) -> dict:
                       "profile_seconds": prof.table.seconds, "profile_wall_seconds": profile_wall,
                       "base_ms": prof.table.base_ms, "calibration": {k: v for k, v in prof.table.calibration.items()
                                                                      if k != "points"},
-                      "settings": prof.table.settings, "fingerprint": prof.table.fingerprint},
+                      "settings": prof.table.settings, "fingerprint": prof.table.fingerprint,
+                      "stability": {k: v for k, v in prof.table.stability.items() if k != "base_checks_ms"},
+                      "base_checks": len(prof.table.stability.get("base_checks_ms", []))},
+            "floor_ms": floor, "thinnest_predicted_ms": thinnest,
+            "predictions_below_floor": int(np.sum(pred < floor - 1e-12)), "background_load": args.load,
             "base_measured_ms": base_ms, "lut": stats(pred, meas), "lut_vs_normalised": stats(pred, norm),
             "flops_proportional": stats(naive, meas),
             "flops_vs_latency_spearman": float(spearmanr([r["macs_fraction"] for r in rows], meas)[0]),
@@ -202,17 +251,27 @@ def markdown(result: dict) -> str:
              "Table vs measured: each policy's median latency as timed. vs normalised: that measurement times "
              "(median unpruned latency / the unpruned model's latency timed interleaved with this policy), "
              "which takes the machine's slow spells out of the truth.", "",
+             (f"Tables profiled under load: {a['load']} background processes of busy/idle spells, stopped before "
+              "any policy was measured." if a.get("load") else "Tables profiled on a quiet machine."), "",
              "| model | input | layer shapes / layers | profile s | within ±10% | MAPE | Spearman | "
-             "vs normalised: within ±10% / MAPE / Spearman | FLOPs-proportional: within ±10% / MAPE | "
-             "Spearman(FLOPs, latency) | unpruned ms |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "vs normalised: within ±10% / MAPE / Spearman | bias vs normalised | FLOPs-proportional: within ±10% / "
+             "MAPE | Spearman(FLOPs, latency) | unpruned ms |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["models"]:
         t, s, f, v = r["table"], r["lut"], r["flops_proportional"], r["lut_vs_normalised"]
         lines.append(f"| {r['model']} | {'x'.join(map(str, r['input_shape']))} | {t['layer_shapes']} / {t['layers']} | "
                      f"{t['profile_seconds']:.0f} | {s['within_10pct']:.0%} | {s['mape']:.1%} | {s['spearman']:.3f} | "
-                     f"{v['within_10pct']:.0%} / {v['mape']:.1%} / {v['spearman']:.3f} | "
+                     f"{v['within_10pct']:.0%} / {v['mape']:.1%} / {v['spearman']:.3f} | {v['bias']:+.1%} | "
                      f"{f['within_10pct']:.0%} / {f['mape']:.1%} | {r['flops_vs_latency_spearman']:.3f} | "
                      f"{r['base_measured_ms']:.2f} |")
+    lines += ["", "| model | calibration (LOO MAPE ratio / line) | timing spread while profiling | units timed again | "
+              "floor ms | thinnest predicted ms | predictions below the floor |", "|---|---|---|---|---|---|---|"]
+    for r in result["models"]:
+        fit, st = r["table"]["calibration"].get("fit", {}), r["table"]["stability"]
+        loo = "/".join("–" if fit.get(k) is None else f"{fit[k]:.1%}" for k in ("loo_mape_ratio", "loo_mape_line"))
+        lines.append(f"| {r['model']} | {fit.get('model')}: {fit.get('a', 1):.3f}·raw {fit.get('b', 0):+.3f} ms ({loo}) | "
+                     f"{st.get('spread', 0):.1%} | {st.get('retimed', 0)} | {r['floor_ms']:.3f} | "
+                     f"{r['thinnest_predicted_ms']:.3f} | {r['predictions_below_floor']} |")
     if result.get("netadapt"):
         n = result["netadapt"]
         lines += ["", f"## ResNet-56: measured speedup over the unpruned model ({n['base_measured_ms']:.2f} ms)", "",

@@ -1,20 +1,25 @@
 """Latency lookup tables: the versioned file, and the prediction of a policy's latency from it.
 
 The file (JSON) holds, for one model, input shape, batch and device fingerprint: the measured
-grid of every distinct timing unit (`units.py`), the unpruned model's measured latency, and the
-calibration points (whole pruned models measured against the raw prediction). It is written
-after every finished grid and every calibration point, so an interrupted profile resumes where
-it stopped.
+grid of every distinct timing unit (`units.py`) with the unpruned model's latency timed around
+it, the unpruned model's measured latency, the calibration points and the floors (whole pruned
+models measured, each interleaved with the unpruned one), and how stable the machine was while
+profiling. It is written after every finished grid and every whole-model point, so an
+interrupted profile resumes where it stopped.
 
-Prediction: each unit's grid is made monotone (a wider layer never costs less: at this
-resolution an inversion is timing noise, and a cost that can fall as channels grow would mislead
-the budget projection, which assumes pruning never adds cost), interpolated bilinearly and
-expanded once into a dense array over every integer channel count, so a policy costs one
-matrix-vector product, one gather and one sum (~10 µs). raw = sum of units + remainder (the
-unpruned model measured, minus its units), and the prediction is scale * raw, the scale being the
-median ratio of measured to raw latency over the calibration models. One robust factor, not a
-fitted line: on a shared machine a few whole-model timings are too noisy to pin down a slope
-(fitted slopes of 0.6-1.9 were seen on the same model), while their median ratio is stable.
+Prediction: each unit's grid is normalised by the unpruned latency timed around it (a layer
+shape timed during a slow spell of a shared machine would otherwise cost too much next to the
+rest), made monotone (a wider layer never costs less: at this resolution an inversion is timing
+noise, and a cost that can fall as channels grow would mislead the budget projection),
+interpolated bilinearly and expanded once into a dense array over every integer channel count,
+so a policy costs one matrix-vector product, one gather and one sum (~10 µs).
+
+Invariants: raw = sum of units + remainder, the remainder being the unpruned model measured
+minus its units and never negative -- when the parts sum to more than the whole, the parts are
+scaled down to the whole instead. The calibrated prediction a·raw + b (a > 0) is monotone in
+every group's kept channels, and never below the floor: the measured latency of the thinnest
+policy the space allows, which every budget check needs (`check_feasible` refuses a latency
+budget below it up front).
 """
 from __future__ import annotations
 
@@ -29,7 +34,7 @@ from autoprune.errors import UserError
 from autoprune.graph import PruningGraph
 
 FORMAT = "autoprune.latency-table"
-VERSION = 1
+VERSION = 2  # 2: per-unit base timings, floors, stability, linear calibration
 
 
 def describe_fingerprint(fp: dict) -> str:
@@ -48,9 +53,20 @@ class LatencyTable:
     units: list[dict] = field(default_factory=list)  # [{"layer": name, "table": key}] for reading the file
     base_ms: float | None = None  # unpruned model, measured: median of base_runs
     base_runs: list[float] = field(default_factory=list)
-    calibration: dict = field(default_factory=dict)  # structure, points [{kept, measured_ms, base_ms}], scale
+    calibration: dict = field(default_factory=dict)  # structure, points [{kept, measured_ms, base_ms}], fit
+    # thinnest policies timed whole, keyed by their kept vector: {kept, measured_ms, base_ms}
+    floors: dict[str, dict] = field(default_factory=dict)
+    stability: dict = field(default_factory=dict)  # base_checks_ms (unpruned, timed between units), spread, retimed
     seconds: float = 0.0  # time spent profiling, over all sessions
     complete: bool = False
+
+    def normalised(self, point: dict) -> float:
+        """A whole-model point's latency with the machine's state taken out: measured/unpruned alongside × base."""
+        return point["measured_ms"] / point.get("base_ms", self.base_ms) * self.base_ms
+
+    def floor_ms(self, kept) -> float | None:
+        point = self.floors.get(kept_key(kept))
+        return None if point is None else self.normalised(point)
 
     def save(self, path: Path) -> None:
         """Atomic write (temp file + rename): an interrupt never leaves a truncated table."""
@@ -85,6 +101,10 @@ class LatencyTable:
                             f"re-profile with `{reprofile}`")
 
 
+def kept_key(kept) -> str:
+    return ",".join(str(int(k)) for k in kept)
+
+
 def dense_grid(in_grid: list[int], out_grid: list[int], ms: list[list[float]]) -> np.ndarray:
     """Monotone bilinear interpolation of a measured grid at every integer (in, out) channel count.
 
@@ -116,6 +136,8 @@ class LatencyPredictor:
             if u.key not in starts:
                 t = table.tables[u.key]
                 dense = dense_grid(t["in_grid"], t["out_grid"], t["ms"])
+                if table.base_ms and t.get("base_alongside_ms"):  # timed in a slow spell: what it costs normally
+                    dense = dense * (table.base_ms / t["base_alongside_ms"])
                 starts[u.key] = (size, dense.shape)
                 chunks.append(dense.ravel())
                 size += dense.size
@@ -132,37 +154,95 @@ class LatencyPredictor:
             rows.append(row)
         rows = np.array(rows)
         self.index_coef, self.index_const = rows[:, :-1], rows[:, -1]
-        self.remainder = 0.0
+        # raw = parts * units + remainder, equal to the measured whole at full width; never a negative remainder
+        self.parts, self.remainder = 1.0, 0.0
         if table.base_ms is not None:
-            self.remainder = table.base_ms - self.units_ms(graph.channels)
-        self.scale = float(table.calibration.get("scale", 1.0))
+            units_full = self.units_ms(graph.channels)
+            if units_full <= table.base_ms:
+                self.remainder = table.base_ms - units_full
+            else:
+                self.parts = table.base_ms / units_full
+        fit = table.calibration.get("fit", {})
+        self.a, self.b = float(fit.get("a", 1.0)), float(fit.get("b", 0.0))
+        self.floor_ms = 0.0  # set by the cost model: the measured thinnest policy of its space
 
     def units_ms(self, kept: np.ndarray) -> float:
         idx = np.rint(self.index_coef @ np.asarray(kept, dtype=np.float64) + self.index_const).astype(np.int64)
         return float(self.flat[idx].sum())
 
     def raw_ms(self, kept: np.ndarray) -> float:
-        return self.units_ms(kept) + self.remainder
+        return self.parts * self.units_ms(kept) + self.remainder
 
     def predict_ms(self, kept: np.ndarray) -> float:
-        # positive even if a negative remainder outweighed a heavily pruned model's layers
-        return max(self.scale * self.raw_ms(kept), 1e-6)
+        return max(self.a * self.raw_ms(kept) + self.b, self.floor_ms, 1e-6)
+
+    def rescale(self, factor: float) -> None:
+        """Every prediction times `factor` (a table from a faster or slower spell of this machine)."""
+        self.a, self.b, self.floor_ms = self.a * factor, self.b * factor, self.floor_ms * factor
 
 
-def fit_calibration(raw: np.ndarray, measured: np.ndarray) -> float:
-    """The scale with measured ≈ scale * raw: the median ratio (one slow measurement moves it little)."""
+def fit_calibration(raw: np.ndarray, measured: np.ndarray) -> dict:
+    """measured ≈ a·raw + b: a fitted line, or the median ratio (b = 0), whichever predicts better.
+
+    A layer timed alone is not quite the layer inside the model (caches, allocator, dispatch),
+    and the gap grows with pruning: one median ratio over-predicted pruned models by 3-13% on
+    average (bench/results/latency_validation-*-full.md). The line is fitted to relative errors
+    (weights 1/measured) and must slope upwards (else predictions would not be monotone); it is
+    chosen only when its leave-one-out relative error beats the ratio's, because on a noisy
+    machine a few whole-model timings can pin down a wrong slope where a median ratio stays stable.
+    """
     raw, measured = np.asarray(raw, dtype=np.float64), np.asarray(measured, dtype=np.float64)
-    ok = raw > 0
-    return float(np.median(measured[ok] / raw[ok])) if ok.any() else 1.0
+    ok = (raw > 0) & (measured > 0)
+    raw, measured = raw[ok], measured[ok]
+    if not len(raw):
+        return {"model": "ratio", "a": 1.0, "b": 0.0, "points": 0}
+
+    def ratio(r, m):
+        return float(np.median(m / r)), 0.0
+
+    def line(r, m):
+        if len(r) < 3 or np.ptp(r) <= 0:
+            return None
+        a, b = np.polyfit(r, m, 1, w=1.0 / m)
+        return (float(a), float(b)) if a > 0 else None
+
+    def loo(fit) -> float | None:
+        errors = []
+        for i in range(len(raw)):
+            keep = np.arange(len(raw)) != i
+            params = fit(raw[keep], measured[keep])
+            if params is None:
+                return None
+            errors.append(abs(params[0] * raw[i] + params[1] - measured[i]) / measured[i])
+        return float(np.mean(errors))
+
+    out = {"points": int(len(raw)), "loo_mape_ratio": loo(ratio) if len(raw) > 1 else None}
+    out["loo_mape_line"] = loo(line) if len(raw) >= 4 else None
+    chosen = "line" if (out["loo_mape_line"] is not None and out["loo_mape_ratio"] is not None
+                        and line(raw, measured) is not None and out["loo_mape_line"] < out["loo_mape_ratio"]) else "ratio"
+    a, b = (line if chosen == "line" else ratio)(raw, measured)
+    return {"model": chosen, "a": a, "b": b, **out}
 
 
 class LatencyTableCost:
-    """The `latency_ms` cost model: the table's calibrated prediction of a ratio vector (microseconds)."""
+    """The `latency_ms` cost model: the table's calibrated prediction of a ratio vector (microseconds).
+
+    `check` holds what the search found when it timed the unpruned model against the table
+    (`autoprune.cost.staleness`), once it has.
+    """
 
     metric = "latency_ms"
 
     def __init__(self, space, predictor: LatencyPredictor, table: LatencyTable, path: Path | None = None) -> None:
         self.space, self.predictor, self.table, self.path = space, predictor, table, path
+        self.check: dict | None = None
+        floor = table.floor_ms(space.min_kept) if hasattr(space, "min_kept") else None
+        if floor is not None:
+            predictor.floor_ms = floor
 
     def cost(self, ratios: np.ndarray) -> float:
         return self.predictor.predict_ms(self.space.kept(ratios))
+
+    @property
+    def floor_ms(self) -> float:
+        return self.predictor.floor_ms
