@@ -39,6 +39,15 @@ REGISTRY: dict[str, tuple[str, str, str]] = {
     "optuna:random": ("autoprune.agents.optuna", "OptunaSearch", "Optuna's RandomSampler, projected onto the budget"),
     "nsga2": ("autoprune.agents.optuna", "OptunaSearch",
               "Optuna NSGA-II: accuracy vs MACs (or latency); best within budget plus the Pareto front"),
+    "evolution": ("autoprune.agents.evolution", "EvolutionSearch",
+                  "MetaPruning's evolutionary search alone: population 50, top-10 parents, mutation 0.1, "
+                  "crossover; every candidate physically pruned and scored"),
+    "metapruning": ("autoprune.agents.metapruning", "MetaPruningSearch",
+                    "MetaPruning: a PruningNet generates every candidate's weights, evolution searches with them, "
+                    "the best are re-scored on the pretrained model"),
+    "gnn": ("autoprune.agents.gnn", "GNNSearch",
+            "GNN-RL: a GATv2 policy over the network's graph picks all ratios at once, trained by PPO "
+            "(stable-baselines3); --init-from warm-starts it from another run"),
 }
 # fixed constructor arguments of a registered name (one class serves several names)
 PRESETS: dict[str, dict] = {
@@ -51,6 +60,57 @@ DEFAULT_AGENT = "tpe"  # beat random on every seed of ResNet-20 and ResNet-56 at
 
 def names() -> list[str]:
     return list(REGISTRY)
+
+
+def accepts(name: str, option: str) -> bool:
+    """Whether the searcher registered as `name` takes the constructor option `option` (e.g. "reward")."""
+    import inspect
+
+    module, cls, _ = REGISTRY[name]
+    return option in inspect.signature(getattr(importlib.import_module(module), cls)).parameters
+
+
+def parse_options(name: str, pairs: list[str]) -> dict:
+    """`--agent-option KEY=VALUE` strings -> constructor options, each typed like the option's default."""
+    import inspect
+
+    module, cls, _ = REGISTRY[name]
+    params = {k: p for k, p in inspect.signature(getattr(importlib.import_module(module), cls)).parameters.items()
+              if p.kind is p.KEYWORD_ONLY or p.kind is p.POSITIONAL_OR_KEYWORD}
+    out = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in params:
+            raise UserError(f"--agent-option '{pair}': agent '{name}' takes KEY=VALUE with KEY one of "
+                            f"{', '.join(params) or 'nothing'}")
+        default = params[key].default
+        try:
+            if isinstance(default, bool):
+                if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(text)
+                value = text.lower() in ("true", "1", "yes")
+            elif isinstance(default, (int, float)) and not isinstance(default, bool):
+                value = type(default)(text)
+            elif isinstance(default, tuple):
+                value = tuple(int(v) for v in text.split(","))
+            elif default is None or isinstance(default, str):  # None: a number if it reads as one
+                value = _number(text)
+            else:
+                value = text
+        except ValueError:
+            raise UserError(f"--agent-option {key}: '{text}' is not a {type(default).__name__}") from None
+        out[key] = value
+    return out
+
+
+def _number(text: str):
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def build(name: str, **kwargs) -> Searcher:

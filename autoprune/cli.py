@@ -82,11 +82,13 @@ def search(
     weights: WeightsOpt = None,
     agent: Annotated[str, typer.Option(help="Searcher: Optuna's tpe (default), cmaes, qmc, optuna:random, "
                                        "nsga2; random (EagleEye), uniform, global, ddpg (AMC), sb3:td3, "
-                                       "sb3:sac, sb3:ppo; see `autoprune agents`.")] = DEFAULT_AGENT,
+                                       "sb3:sac, sb3:ppo, gnn (GNN-RL), evolution, metapruning; see `autoprune "
+                                       "agents`.")] = DEFAULT_AGENT,
     evals: Annotated[int | None, typer.Option(help="Evaluations (candidates scored). Default: the agent's "
                                               "(random and Optuna samplers 60, nsga2 100, uniform/global 1, "
-                                              "ddpg/sb3 300); "
-                                              "for ddpg/sb3 one evaluation is one episode.")] = None,
+                                              "ddpg/sb3/gnn 300, evolution 1000, metapruning 5: the "
+                                              "finalists re-scored with pretrained weights); "
+                                              "for ddpg/sb3/gnn one evaluation is one episode.")] = None,
     seed: SeedOpt = 0,
     out: Annotated[Path | None, typer.Option(help="Run folder (must be new unless --resume). "
                                              "Default runs/MODEL-AGENT-sSEED-TIME.")] = None,
@@ -124,14 +126,33 @@ def search(
     accept_unverified: Annotated[bool, typer.Option(help="With a latency budget: exit 0 even when no checked "
                                                     "candidate measured within it (default: exit code 3; "
                                                     "policy.json is written either way, \"verified\": false).")] = False,
+    agent_option: Annotated[list[str], typer.Option(help="KEY=VALUE, repeatable: a hyper-parameter of the agent "
+                                                    "(e.g. population=20 for evolution/metapruning, rollout=32 "
+                                                    "for gnn, warmup_episodes=50 for ddpg); an unknown KEY lists "
+                                                    "the agent's.")] = [],  # noqa: B006
+    reward: Annotated[str | None, typer.Option(help="Reward the RL agents (ddpg, sb3:*, gnn) learn from: "
+                                               "error-log-flops (their default, AMC's -Error*log(FLOPs)), "
+                                               "error-log-params or accuracy.")] = None,
+    init_from: Annotated[Path | None, typer.Option(help="gnn: start from the policy trained by another run (its "
+                                                   "folder or gnn_policy.pt), on this or any other network.")] = None,
+    pruningnet_epochs: Annotated[int | None, typer.Option(help="metapruning: epochs to train its PruningNet on "
+                                                          "the training split (default 2; checkpointed every "
+                                                          "epoch, --resume continues).")] = None,
+    pruningnet: Annotated[Path | None, typer.Option(help="metapruning: reuse this trained PruningNet (a run's "
+                                                    "pruningnet.pt, same model) instead of training one.")] = None,
     reprofile: Annotated[bool, typer.Option(help="Profile the latency table afresh. Without it the cached table is "
                                             "checked first: if the unpruned model measures more than 15% off the "
                                             "table's base latency, predictions are rescaled by the ratio (one "
                                             "line says so).")] = False,
 ) -> None:
     """Search per-group prune ratios that keep the most held-out accuracy within the budget(s)."""
+    from autoprune import agents as registry
     from autoprune.search import SearchConfig
     from autoprune.ui import run_search_with_progress
+
+    if agent not in registry.names():
+        raise UserError(f"unknown agent '{agent}': one of {', '.join(registry.names())}")
+    options = registry.parse_options(agent, list(agent_option))
 
     cfg = SearchConfig(model=model, budgets=list(budget), data=data, weights=weights, agent=agent, evals=evals,
                        seed=seed, out=out, storage=storage, resume=resume, device=device, space=space,
@@ -140,7 +161,9 @@ def search(
                        prune_stem=prune_stem,
                        workers=workers, ray_address=ray_address, batch=batch, threads=threads,
                        latency_table=latency_table, verify_latency=verify_latency,
-                       accept_unverified=accept_unverified, reprofile=reprofile)
+                       accept_unverified=accept_unverified, reprofile=reprofile, reward=reward,
+                       init_from=init_from, pruningnet_epochs=pruningnet_epochs, pruningnet=pruningnet,
+                       agent_options=options)
     summary = run_search_with_progress(cfg, console)
     check = summary.get("latency_verification")
     if check is not None and not check["verified"] and not accept_unverified:

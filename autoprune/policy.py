@@ -87,14 +87,40 @@ class Policy:
         return cls(ratios, data)
 
 
+def _chunk_order(dg: tp.DependencyGraph, root: nn.Module, g, imp: tp.importance.Importance) -> torch.Tensor:
+    """Positions within one of the group's chunks, least important first (scores averaged over chunks)."""
+    fn = dg.get_pruner_of_module(root).prune_out_channels
+    scores = imp(dg.get_pruning_group(root, fn, idxs=list(range(g.channels))))
+    size = g.channels // g.divisor
+    if scores is None:
+        return torch.arange(size)
+    return torch.argsort(scores.view(g.divisor, size).mean(dim=0), stable=True)
+
+
+def removal_orders(model: nn.Module, graph: PruningGraph, *, criterion: str = "l2", seed: int = 0) -> list[torch.Tensor]:
+    """Per group, its chunk positions in the order `apply_policy` removes them (the criterion on `model`).
+
+    For weights that must be pruned as `model`'s would be (MetaPruning's generated ones): pass the
+    result to `apply_policy(orders=...)`.
+    """
+    scratch = copy.deepcopy(model).cpu().eval()
+    modules = dict(scratch.named_modules())
+    dg = _dependency_graph(scratch, torch.randn(1, *graph.input_shape))
+    imp = _importance(criterion, seed)
+    return [_chunk_order(dg, modules[g.name], g, imp) for g in graph.groups]
+
+
 def apply_policy(model: nn.Module, graph: PruningGraph, kept: np.ndarray, *, criterion: str = "l2",
-                 seed: int = 0) -> nn.Module:
-    """A physically pruned copy of `model` keeping `kept[g]` channels of every group g."""
+                 seed: int = 0, orders: list[torch.Tensor] | None = None) -> nn.Module:
+    """A physically pruned copy of `model` keeping `kept[g]` channels of every group g.
+
+    `orders` (from `removal_orders`) fixes which channels go instead of scoring `model`'s own weights.
+    """
     pruned = copy.deepcopy(model).cpu().eval()
     modules = dict(pruned.named_modules())
     example = torch.randn(1, *graph.input_shape)
     dg = _dependency_graph(pruned, example)
-    imp = _importance(criterion, seed)
+    imp = _importance(criterion, seed) if orders is None else None
     plans = []
     for g in graph.groups:
         n_remove = g.channels - int(kept[g.index])
@@ -104,14 +130,8 @@ def apply_policy(model: nn.Module, graph: PruningGraph, kept: np.ndarray, *, cri
             raise UserError(f"group {g.name} keeps {int(kept[g.index])} of {g.channels} channels; its grouped "
                             f"convolution needs a multiple of {g.divisor}")
         root = modules[g.name]
+        order = orders[g.index] if orders is not None else _chunk_order(dg, root, g, imp)
         fn = dg.get_pruner_of_module(root).prune_out_channels
-        group = dg.get_pruning_group(root, fn, idxs=list(range(g.channels)))
-        scores = imp(group)
-        size = g.channels // g.divisor
-        if scores is None:
-            order = torch.arange(size)
-        else:
-            order = torch.argsort(scores.view(g.divisor, size).mean(dim=0), stable=True)
         plans.append((root, fn, chunk_positions(g.channels, g.divisor, order[:n_remove // g.divisor].tolist())))
     for root, fn, idxs in plans:
         dg.get_pruning_group(root, fn, idxs=idxs).prune()

@@ -62,15 +62,37 @@ class Problem:
         self.callbacks: list[Callable[[EvalResult], None]] = []
         self._cache: dict[str, EvalResult] = {}
         self._stored: dict[str, dict] = {}
+        self._proxy: dict[tuple[str, str], float] = {}
         if study is not None:
             self.attach_study(study)
         self.timing = {"prune": 0.0, "forward": 0.0, "other": 0.0}
         self.pool = None  # a WorkerPool (autoprune.workers) scores new policies in parallel when set
+        self.train = None  # the training split, for searchers that train something of their own (metapruning)
+        self.progress: Callable[[str, int, int], None] | None = None  # (what, done, total) of such a searcher
 
     def attach_study(self, study: Study) -> None:
-        """Record into `study` from now on; its stored evaluations answer repeated policies."""
+        """Record into `study` from now on; its stored evaluations answer repeated policies.
+
+        Scores of another scorer (a proxy such as MetaPruning's PruningNet) are kept apart: they answer
+        `proxy_score`, never `evaluate`.
+        """
         self.study = study
-        self._stored = {r["key"]: r for r in study.records()}
+        records = study.records()
+        self._stored = {r["key"]: r for r in records if r.get("scorer", "pruned") == "pruned"}
+        self._proxy = {(r["scorer"], r["key"]): r["accuracy"] for r in records if r.get("scorer", "pruned") != "pruned"}
+
+    def proxy_score(self, ratios: np.ndarray, scorer: str) -> float | None:
+        """A stored proxy score of this policy (this run or, on resume, the study), else None."""
+        return self._proxy.get((scorer, self.policy(self.space.snap(ratios)).key()))
+
+    def record_proxy(self, ratios: np.ndarray, accuracy: float, scorer: str) -> None:
+        """Store a score that is not `evaluate`'s (e.g. PruningNet weights) in the study, marked by its scorer."""
+        ratios = self.space.snap(np.asarray(ratios, dtype=np.float64))
+        key = self.policy(ratios).key()
+        self._proxy[(scorer, key)] = float(accuracy)
+        if self.study is not None:
+            self.study.add(list(ratios), float(accuracy), {"key": key, "scorer": scorer,
+                                                           "ratios": [float(r) for r in ratios], **self.costs(ratios)})
 
     @property
     def n_evals(self) -> int:

@@ -34,7 +34,8 @@ from autoprune.zoo import ModelBundle, build_model
 
 log = logging.getLogger(__name__)
 
-DEFAULT_EVALS = {"random": 60, "uniform": 1, "global": 1, "ddpg": 300,
+DEFAULT_EVALS = {"random": 60, "uniform": 1, "global": 1, "ddpg": 300, "gnn": 300, "evolution": 1000,
+                 "metapruning": 5,
                  "sb3:td3": 300, "sb3:sac": 300, "sb3:ppo": 300,
                  "tpe": 60, "cmaes": 60, "qmc": 60, "optuna:random": 60, "nsga2": 100}
 
@@ -73,6 +74,10 @@ class SearchConfig:
     verify_latency: int = 10  # latency budgets: time up to N best candidates, keep the first that meets them
     accept_unverified: bool = False  # latency budgets: a run whose measured check fails still succeeds (exit 0)
     reprofile: bool = False  # profile the latency table afresh instead of using (and checking) the cached one
+    reward: str | None = None  # the RL agents' reward (autoprune.problem.REWARDS); None: each agent's default
+    init_from: Path | None = None  # gnn: warm-start from this run folder's (or file's) trained policy
+    pruningnet_epochs: int | None = None  # metapruning: PruningNet training epochs (None: the agent's default)
+    pruningnet: Path | None = None  # metapruning: reuse this trained PruningNet instead of training one
 
     def n_evals(self) -> int:
         return self.evals if self.evals is not None else DEFAULT_EVALS.get(self.agent, 60)
@@ -141,7 +146,10 @@ def build_setup(cfg: SearchConfig, *, on_profile: Callable[[str, int, int], None
     budgets = [parse_budget(b, base) for b in cfg.budgets]
     problem = Problem(bundle.model, space, budgets, evaluator, criterion=cfg.criterion,
                       cost_models=cost_models, seed=cfg.seed)
-    searcher = agents.build(cfg.agent, **cfg.agent_options)
+    problem.train = data.train
+    searcher = agents.build(cfg.agent, **_agent_options(cfg))
+    if hasattr(searcher, "check_problem"):  # a searcher's own refusals (metapruning: space, PruningNet file)
+        searcher.check_problem(problem)
     if cfg.workers > 1:
         if not hasattr(searcher, "batch"):
             batching = [n for n in agents.names() if hasattr(agents.build(n), "batch")]
@@ -149,6 +157,25 @@ def build_setup(cfg: SearchConfig, *, on_profile: Callable[[str, int, int], None
                             f"of {', '.join(batching)}")
         searcher.batch = cfg.workers
     return Setup(cfg, data, bundle, problem, searcher, device)
+
+
+def _agent_options(cfg: SearchConfig) -> dict:
+    """The searcher's constructor options: the config's, plus --reward and --init-from where the agent takes them."""
+    options = dict(cfg.agent_options)
+    for flag, key, value in (("--reward", "reward", cfg.reward), ("--init-from", "init_from", cfg.init_from),
+                             ("--pruningnet-epochs", "pruningnet_epochs", cfg.pruningnet_epochs),
+                             ("--pruningnet", "pruningnet", cfg.pruningnet)):
+        if value is None:
+            continue
+        if not agents.accepts(cfg.agent, key):
+            takers = [n for n in agents.names() if agents.accepts(n, key)]
+            raise UserError(f"{flag} applies to {', '.join(takers)}, not to agent '{cfg.agent}'")
+        options[key] = value
+    if cfg.reward is not None:
+        from autoprune.envs.layerwise import reward_function
+
+        reward_function(cfg.reward)  # an unknown name: one line now, not after the run folder is made
+    return options
 
 
 def _space(cfg: SearchConfig, graph, model):
@@ -216,6 +243,9 @@ def _after_failure(out: Path, setup: Setup, existed: bool) -> str | None:
     stored = len(study.records()) if study is not None else 0
     if stored:
         return f"{stored} evaluations are stored in {out}: rerun with --resume to continue"
+    checkpoint = getattr(setup.searcher, "checkpoint_path", None)
+    if checkpoint is not None and Path(checkpoint).exists():  # e.g. a PruningNet trained for a while
+        return f"{setup.searcher.name}'s checkpoint {checkpoint} is kept: rerun with --resume to continue from it"
     if study is not None and cfg.storage:  # an external database: free the study name for the rerun
         import optuna
 
@@ -248,6 +278,9 @@ def _execute(out: Path, setup: Setup, *, on_result: Callable[[EvalResult, Proble
         out.mkdir(parents=True, exist_ok=True)
         study = Study(storage, out.name, info, list(problem.space.max_ratios), resume=cfg.resume)
     problem.attach_study(study)
+    checkpoint = getattr(setup.searcher, "checkpoint_file", None)  # a searcher's trained policy (gnn) lives here
+    if checkpoint:
+        setup.searcher.checkpoint_path = out / checkpoint
     (out / "run.json").write_text(json.dumps(_jsonable(asdict(cfg)), indent=2) + "\n")
 
     stage("scoring the unpruned model")
@@ -329,6 +362,12 @@ def _execute(out: Path, setup: Setup, *, on_result: Callable[[EvalResult, Proble
         nni = [{"op_names": [n], "sparsity_per_layer": r} for n, r in policy.ratios.items() if r > 0]
         files = {"nni_config_list": out / "nni_config_list.json", **save_pruned_model(pruned, out, example)}
         files["nni_config_list"].write_text(json.dumps(nni, indent=2) + "\n")
+    if hasattr(setup.searcher, "extras"):  # metapruning: the winner with PruningNet-generated weights too
+        stage("scoring the winner with PruningNet weights")
+        summary["pruningnet"] = setup.searcher.extras(out, best.ratios, problem, setup.data.test)
+        files["pruned_pruningnet"] = Path(summary["pruningnet"]["file"])
+        policy.meta = summary
+        policy.save(out / "policy.json")
     if cfg.finetune_epochs > 0:
         from autoprune.finetune import finetune_run
 
@@ -336,6 +375,8 @@ def _execute(out: Path, setup: Setup, *, on_result: Callable[[EvalResult, Proble
         summary.update(finetune_run(out, cfg.finetune_epochs, device=cfg.device))
     if front:
         files["pareto_front"] = out / "pareto.json"
+    if checkpoint and (out / checkpoint).exists():
+        files["policy_network"] = out / checkpoint
     summary["files"] = {k: str(v) for k, v in {"policy": out / "policy.json", "study": public_url(storage),
                                                **files}.items()}
     return summary

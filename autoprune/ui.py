@@ -22,6 +22,14 @@ def run_search_with_progress(cfg: SearchConfig, console: Console) -> dict:
                         TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
                         TextColumn("{task.fields[best]}"), console=console, transient=False)
     task = progress.add_task("searching", total=cfg.n_evals(), best="")
+    inner: list = []  # a searcher's own long step (metapruning's PruningNet training), as a second bar
+
+    def on_progress(what: str, done: int, total: int) -> None:
+        if not inner:
+            inner.append(progress.add_task(what, total=total, best=""))
+        progress.update(inner[0], description=what, completed=done, total=total)
+
+    setup.problem.progress = on_progress
 
     def on_result(result, problem) -> None:
         best = problem.best
@@ -57,6 +65,12 @@ def summary_table(s: dict) -> Table:
               f"{s['heldout_accuracy'] - s['base_heldout_accuracy']:+.4f}")
     t.add_row("test top-1", f"{s['base_test_accuracy']:.4f}", f"{s['test_accuracy']:.4f}",
               f"{s['test_accuracy'] - s['base_test_accuracy']:+.4f}")
+    if "pruningnet" in s:
+        p = s["pruningnet"]
+        t.add_row("held-out top-1, PruningNet weights", "", f"{p['heldout_accuracy']:.4f}",
+                  f"{p['heldout_accuracy'] - s['base_heldout_accuracy']:+.4f}")
+        t.add_row("test top-1, PruningNet weights", "", f"{p['test_accuracy']:.4f}",
+                  f"{p['test_accuracy'] - s['base_test_accuracy']:+.4f}")
     if "finetuned_test_accuracy" in s:
         t.add_row(f"test top-1, fine-tuned {s['finetune_epochs']} ep", "", f"{s['finetuned_test_accuracy']:.4f}",
                   f"{s['finetuned_test_accuracy'] - s['base_test_accuracy']:+.4f}")

@@ -56,6 +56,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--merge", nargs="+", type=Path, default=None,
                    help="run nothing: combine these result JSONs (e.g. one process per agent) into one table")
     p.add_argument("--tag", default="", help="appended to the result file names, e.g. 300evals")
+    p.add_argument("--save-policies", type=Path, default=None,
+                   help="folder for the trained policy of searchers that keep one (gnn): AGENT-MODEL-sSEED.pt")
     p.add_argument("--threads", type=int, default=None,
                    help="torch.set_num_threads; default: torch's own, all cores unless OMP_NUM_THREADS says less")
     args = p.parse_args(argv)
@@ -106,6 +108,8 @@ def run_searcher(setup: Setup, n_evals: int, seed: int) -> dict:
     row = {"evaluations": problem.n_evals, "cached_evaluations": sum(r.cached for r in problem.results),
            "search_seconds": seconds, "evals_per_second": problem.n_evals / seconds if seconds else None,
            "overhead_share": problem.overhead_share(), "curve": best_so_far(problem),
+           # the searcher's own time: proposing (models, samplers, projection), outside problem.evaluate
+           "propose_seconds": seconds - sum(problem.timing.values()),
            "accuracies": [float(r.accuracy) for r in problem.results]}
     best = problem.best
     if best is None:
@@ -351,6 +355,9 @@ def main(argv: list[str] | None = None) -> dict:
             for agent in args.agents:
                 setup = make_setup(args, model, seed, agent)
                 device = str(setup.device)
+                if args.save_policies and getattr(setup.searcher, "checkpoint_file", None):
+                    args.save_policies.mkdir(parents=True, exist_ok=True)
+                    setup.searcher.checkpoint_path = args.save_policies / f"{agent}-{model}-s{seed}.pt"
                 print(f"{model} seed {seed}: {agent} ...", file=sys.stderr, flush=True)
                 runs.append({"model": model, "seed": seed, "row": agent, "kind": "searcher",
                              **run_searcher(setup, args.evals, seed)})
