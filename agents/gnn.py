@@ -51,6 +51,7 @@ from autoprune.agents.ddpg import StopAtEvals
 from autoprune.agents.gnn_graph import EDGE_FEATURES, FEATURE_SET, FEATURES, to_data
 from autoprune.envs.layerwise import DEFAULT_REWARD, RewardFn, reward_function
 from autoprune.errors import UserError
+from autoprune.saved import load_versioned, save_atomic
 
 log = logging.getLogger(__name__)
 
@@ -243,14 +244,7 @@ def load_policy_file(path: str | Path) -> dict:
         path = path / POLICY_FILE
     if not path.is_file():
         raise UserError(f"no GNN policy at {path}: give a run folder of `--agent gnn` or its {POLICY_FILE}")
-    try:
-        data = th.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for foreign or corrupt files
-        raise UserError(f"cannot read GNN policy {path}: {str(exc).splitlines()[0] if str(exc) else exc}") from None
-    if not isinstance(data, dict) or data.get("format") != POLICY_FORMAT:
-        raise UserError(f"{path} is not an autoprune GNN policy")
-    if data.get("version") != POLICY_VERSION:
-        raise UserError(f"{path} is GNN policy version {data.get('version')}; this autoprune reads {POLICY_VERSION}")
+    data = load_versioned(path, POLICY_FORMAT, POLICY_VERSION, "GNN policy")
     if data.get("feature_set") != FEATURE_SET or list(data.get("features", [])) != list(FEATURES) \
             or list(data.get("edge_features", [])) != list(EDGE_FEATURES):
         raise UserError(f"{path} was trained on features {data.get('feature_set')!r}, this autoprune computes "
@@ -313,7 +307,4 @@ class GNNSearch:
         path = path or self.checkpoint_path
         if path is None or self.model is None:
             return None
-        tmp = path.with_name(path.name + ".tmp")
-        th.save(self.state(), tmp)
-        tmp.replace(path)
-        return path
+        return save_atomic(self.state(), path)

@@ -39,6 +39,7 @@ from torch.func import functional_call
 
 from autoprune.data import TensorSplit, batches
 from autoprune.errors import UserError
+from autoprune.saved import load_versioned, save_atomic
 from autoprune.graph import PruningGraph, chunk_positions
 from autoprune.train import augment
 
@@ -179,23 +180,12 @@ def save_checkpoint(path: Path, pnet: PruningNet, optimizer, epoch: int, epochs:
     state = {"format": FORMAT, "version": VERSION, "structure": structure_key(pnet.graph), "model": pnet.graph.model_id,
              "hidden": pnet.hidden, "epoch": epoch, "epochs": epochs, "meta": meta, "state_dict": pnet.state_dict(),
              "optimizer": optimizer.state_dict() if optimizer is not None else None}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+    save_atomic(state, path)
 
 
 def load_checkpoint(path: Path, graph: PruningGraph) -> dict:
     """A PruningNet file, refused in one line when it is not one or belongs to another model or graph."""
-    if not Path(path).is_file():
-        raise UserError(f"PruningNet file not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for foreign or corrupt files
-        raise UserError(f"cannot read PruningNet {path}: {str(exc).splitlines()[0] if str(exc) else exc}") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise UserError(f"{path} is not an autoprune PruningNet")
-    if state.get("version") != VERSION:
-        raise UserError(f"{path} is PruningNet version {state.get('version')}; this autoprune reads {VERSION}")
+    state = load_versioned(path, FORMAT, VERSION, "PruningNet")
     if state.get("structure") != structure_key(graph):
         raise UserError(f"{path} is a PruningNet of {state.get('model')} with other channel groups or layers than "
                         f"this {graph.model_id}: train one for it (--pruningnet-epochs)")

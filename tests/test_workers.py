@@ -21,9 +21,10 @@ def _records(out) -> list[tuple[str, float]]:
     return [(t.user_attrs["key"], t.value) for t in study.get_trials()]
 
 
-def test_two_workers_give_the_same_results_as_one(fmnist_subset, tmp_path):
-    one = run_search(_config(fmnist_subset, tmp_path / "w1", 1))
-    two = run_search(_config(fmnist_subset, tmp_path / "w2", 2))
+@pytest.mark.parametrize("agent", ["random", "gnn", "evolution"])
+def test_two_workers_give_the_same_results_as_one(fmnist_subset, tmp_path, agent):
+    one = run_search(_config(fmnist_subset, tmp_path / "w1", 1, agent))
+    two = run_search(_config(fmnist_subset, tmp_path / "w2", 2, agent))
     a, b = _records(tmp_path / "w1"), _records(tmp_path / "w2")
     assert len(a) == len(b) == 4
     assert [k for k, _ in a] == [k for k, _ in b]  # the same policies, in the same order
