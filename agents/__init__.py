@@ -75,12 +75,16 @@ def parse_options(name: str, pairs: list[str]) -> dict:
     import inspect
 
     module, cls, _ = REGISTRY[name]
-    params = {k: p for k, p in inspect.signature(getattr(importlib.import_module(module), cls)).parameters.items()
-              if p.kind is p.KEYWORD_ONLY or p.kind is p.POSITIONAL_OR_KEYWORD}
+    signature = inspect.signature(getattr(importlib.import_module(module), cls)).parameters
+    params = {k: p for k, p in signature.items() if p.kind is p.KEYWORD_ONLY or p.kind is p.POSITIONAL_OR_KEYWORD}
+    passthrough = any(p.kind is p.VAR_KEYWORD for p in signature.values())  # sb3:*: the algorithm's own options
     out = {}
     for pair in pairs:
         key, sep, text = pair.partition("=")
         key = key.strip().replace("-", "_")
+        if sep and key not in params and passthrough:
+            out[key] = _number(text)
+            continue
         if not sep or key not in params:
             raise UserError(f"--agent-option '{pair}': agent '{name}' takes KEY=VALUE with KEY one of "
                             f"{', '.join(params) or 'nothing'}")

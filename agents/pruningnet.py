@@ -224,7 +224,7 @@ def train_pruningnet(pnet: PruningNet, problem, *, epochs: int, lr: float, batch
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            loss_sum, n = loss_sum + float(loss) * len(y), n + len(y)
+            loss_sum, n = loss_sum + loss.item() * len(y), n + len(y)
             progress(f"training the PruningNet, epoch {epoch + 1}/{epochs}", epoch * steps_per_epoch + step + 1, total)
         history.append({"epoch": epoch + 1, "loss": loss_sum / max(n, 1), "seconds": time.perf_counter() - t0})
         log.info("PruningNet epoch %d: %s", epoch + 1, history[-1])

@@ -56,6 +56,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--merge", nargs="+", type=Path, default=None,
                    help="run nothing: combine these result JSONs (e.g. one process per agent) into one table")
     p.add_argument("--tag", default="", help="appended to the result file names, e.g. 300evals")
+    p.add_argument("--agent-option", action="append", default=[], metavar="AGENT:KEY=VALUE",
+                   help="a hyper-parameter of one agent, as `autoprune search --agent-option` (repeatable)")
     p.add_argument("--save-policies", type=Path, default=None,
                    help="folder for the trained policy of searchers that keep one (gnn): AGENT-MODEL-sSEED.pt")
     p.add_argument("--threads", type=int, default=None,
@@ -73,10 +75,11 @@ def make_setup(args: argparse.Namespace, model: str, seed: int, agent: str) -> S
     torch is seeded first so that with --weights random every agent of a seed prunes the same net.
     """
     torch.manual_seed(seed)
+    pairs = [o.split(":", 1)[1] for o in args.agent_option if o.split(":", 1)[0] == agent]
     return build_setup(SearchConfig(model=model, budgets=[args.budget], agent=agent, evals=args.evals, seed=seed,
                                     weights=args.weights, heldout=args.heldout, device=args.device,
                                     criterion=args.criterion, calib_batches=args.calib_batches,
-                                    prune_stem=args.prune_stem))
+                                    prune_stem=args.prune_stem, agent_options=agents.parse_options(agent, pairs)))
 
 
 def tp_count(model: torch.nn.Module, input_shape: tuple[int, ...]) -> tuple[float, float]:
@@ -111,6 +114,8 @@ def run_searcher(setup: Setup, n_evals: int, seed: int) -> dict:
            # the searcher's own time: proposing (models, samplers, projection), outside problem.evaluate
            "propose_seconds": seconds - sum(problem.timing.values()),
            "accuracies": [float(r.accuracy) for r in problem.results]}
+    if getattr(setup.searcher, "report", None):  # e.g. metapruning's PruningNet training and proxy scoring
+        row["searcher_report"] = setup.searcher.report
     best = problem.best
     if best is None:
         return row
@@ -278,7 +283,27 @@ def markdown(result: dict) -> str:
             lines += ["", "Margins (median held-out): " + "; ".join(margins(runs, model, "random", against))]
         lines += curve_lines(runs, model, [r for r in result["rows"] if r not in ("unpruned", *REFERENCES)],
                              args["evals"])
+        lines += report_lines(runs, model)
     return "\n".join(lines) + "\n"
+
+
+def report_lines(runs: list[dict], model: str) -> list[str]:
+    """What a searcher spent outside its evaluations (metapruning: PruningNet training and proxy scoring)."""
+    lines = []
+    for r in runs:
+        rep = r.get("searcher_report") if r["model"] == model else None
+        if not rep:
+            continue
+        pn, evo = rep.get("pruningnet", {}), rep.get("evolution", {})
+        epochs = rep.get("training", {}).get("history", [])
+        lines.append(f"- {r['row']} seed {r['seed']}: PruningNet "
+                     + (f"reused from {pn['reused']}" if pn.get("reused") else
+                        f"trained {pn.get('epochs')} epochs in {pn.get('train_seconds', 0):.0f} s ("
+                        + ", ".join(f"{e['seconds']:.0f} s" for e in epochs) + " per epoch)")
+                     + f"; {evo.get('candidates')} candidates scored with its weights in {evo.get('seconds', 0):.0f} s "
+                     f"(best {100 * (evo.get('best_pruningnet_accuracy') or 0):.2f}); search {r['search_seconds']:.0f} s "
+                     "in all")
+    return ["", "Outside the evaluations:", "", *lines] if lines else []
 
 
 CURVE_POINTS = (10, 25, 50, 100, 150, 200, 300, 500, 1000)

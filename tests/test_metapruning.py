@@ -130,6 +130,11 @@ def test_cli_metapruning_then_reuse_and_refusals(tmp_path, fmnist_subset, capsys
     trials = optuna.load_study(study_name=out.name, storage=f"sqlite:///{out / 'study.db'}").get_trials()
     scorers = [t.user_attrs.get("scorer", "pruned") for t in trials]
     assert scorers.count("pruned") == 2 and scorers.count("pruningnet") > 2  # proxy scores kept apart
+    code, _, err = cli_main(["search", "resnet20", "--agent", "metapruning", "--pruningnet-epochs", "1", "--evals", "2",
+                             *small, *common, "--out", str(out), "--resume"], capsys, monkeypatch)
+    assert code == 0, err  # replayed: the PruningNet from its checkpoint, every score from the study
+    again = json.loads((out / "policy.json").read_text())
+    assert again["ratios"] == meta["ratios"] and again["cached_evaluations"] == 2
     code, _, err = cli_main(["search", "resnet20", "--agent", "metapruning", "--pruningnet", str(out / "pruningnet.pt"),
                              "--evals", "1", *small, *common, "--out", str(tmp_path / "reuse")], capsys, monkeypatch)
     assert code == 0, err
