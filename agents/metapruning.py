@@ -66,7 +66,8 @@ class MetaPruningSearch:
         from autoprune.policy import removal_orders
 
         graph = problem.space.graph
-        orders = removal_orders(problem.model, graph, criterion=problem.criterion, seed=problem.seed)
+        orders = problem.channel_orders() or removal_orders(problem.model, graph, criterion=problem.criterion,
+                                                            seed=problem.seed)
         state = None
         if self.reuse is not None:
             state = load_checkpoint(self.reuse, graph)
@@ -123,7 +124,8 @@ class MetaPruningSearch:
         from autoprune.policy import apply_policy, removal_orders
 
         kept = problem.space.kept(ratios)
-        orders = removal_orders(problem.model, problem.space.graph, criterion=problem.criterion, seed=problem.seed)
+        orders = problem.channel_orders() or removal_orders(problem.model, problem.space.graph,
+                                                            criterion=problem.criterion, seed=problem.seed)
         pruned = apply_policy(unmasked(self.pnet.materialize(kept)), problem.space.graph, kept, orders=orders)
         heldout = problem.evaluator(pruned)["top1"]
         path = out / "pruned_pruningnet.pt"

@@ -101,14 +101,18 @@ def search(
     max_ratio: Annotated[float, typer.Option(help="Largest prune ratio of any one group.")] = 0.8,
     round_to: Annotated[int | None, typer.Option(help="Round kept channels to a multiple of this. Default auto: "
                                                  "per group the largest of 8/4/2/1 leaving >= 32 choices.")] = None,
-    criterion: Annotated[str, typer.Option(help="Which channels go: l2 (Torch-Pruning's default magnitude), l1, bn-scale, lamp, fpgm, random.")] = "l2",
+    criterion: Annotated[str, typer.Option(help="Which channels go: l2 (Torch-Pruning's default magnitude), l1, "
+                                           "bn-scale, lamp, fpgm, random; or from 4x64 training images, once per "
+                                           "run: taylor, hessian (OBD), activation.")] = "l2",
     heldout: HeldoutOpt = 5000,
     calib_batches: Annotated[int, typer.Option(help="Training batches (64 images) for BN recalibration.")] = 20,
     ignore: Annotated[list[str], typer.Option(help="Module name never to prune (repeatable); the classifier "
                                               "is always kept, the stem unless --prune-stem.")] = [],  # noqa: B006
     prune_stem: Annotated[bool, typer.Option(help="Let the first layer's output channels be pruned. In a ResNet "
                                              "they are coupled with every stage-1 residual add, which the "
-                                             "default leaves whole.")] = False,
+                                             "default leaves whole. Same as --stem-max-ratio MAX_RATIO.")] = False,
+    stem_max_ratio: Annotated[float, typer.Option(help="Let the stem's group be pruned up to this ratio (0: "
+                                                  "left whole).")] = 0.0,
     finetune_epochs: Annotated[int, typer.Option(help="Fine-tune the best policy for N epochs afterwards.")] = 0,
     workers: Annotated[int, typer.Option(help="Evaluate candidates in parallel on N Ray actors, each with its own "
                                          "model copy (random and the Optuna samplers propose in batches).")] = 1,
@@ -158,7 +162,7 @@ def search(
                        seed=seed, out=out, storage=storage, resume=resume, device=device, space=space,
                        max_ratio=max_ratio, round_to=round_to, criterion=criterion, heldout=heldout,
                        calib_batches=calib_batches, finetune_epochs=finetune_epochs, ignore=list(ignore),
-                       prune_stem=prune_stem,
+                       prune_stem=prune_stem, stem_max_ratio=stem_max_ratio,
                        workers=workers, ray_address=ray_address, batch=batch, threads=threads,
                        latency_table=latency_table, verify_latency=verify_latency,
                        accept_unverified=accept_unverified, reprofile=reprofile, reward=reward,

@@ -24,7 +24,8 @@ from torch import nn
 from autoprune.errors import UserError
 from autoprune.evaluate import set_layout
 from autoprune.graph import LAYER_TYPES, PruningGraph, channel_divisor
-from autoprune.policy import Policy, _importance
+from autoprune.importance import importance as _importance
+from autoprune.policy import Policy
 
 log = logging.getLogger(__name__)
 

@@ -108,6 +108,12 @@ class PruningGraph:
     # (n_layers, 2, n_groups + 1): in and out channels of every layer as affine functions of the
     # kept vector ([coefficients | constant]); exact for residual, concatenated and depthwise layers
     layer_io: np.ndarray | None = None
+    stem: str = ""  # the first layer to see the input
+
+    @property
+    def stem_group(self) -> int | None:
+        """Index of the group whose channels the stem produces (None while the stem is left out)."""
+        return next((g.index for g in self.groups if self.stem in g.layers), None)
 
     @property
     def channels(self) -> np.ndarray:
@@ -275,7 +281,7 @@ def build_graph(model: nn.Module, input_shape: tuple[int, ...], *, model_id: str
     edges = _edges(dg, [modules[lay.name] for lay in layers])
     layer_io = _layer_io(calls, layers, factors)
     return PruningGraph(model_id, tuple(input_shape), groups, layers, edges, macs_poly, params_poly,
-                        base_macs, base_params, sorted(ignored), layer_io)
+                        base_macs, base_params, sorted(ignored), layer_io, stem=layer_calls[0][0])
 
 
 def _is_depthwise(m: nn.Module) -> bool:

@@ -21,28 +21,10 @@ from torch import nn
 
 from autoprune.errors import UserError
 from autoprune.graph import PruningGraph, _dependency_graph, chunk_positions
+from autoprune.importance import CRITERIA, DATA_CRITERIA, importance, prepare  # noqa: F401 (CRITERIA re-exported)
 
 POLICY_FORMAT = "autoprune.policy"
 POLICY_VERSION = 1
-
-
-def _importance(name: str, seed: int) -> tp.importance.Importance:
-    if name == "random":
-        torch.manual_seed(seed)  # RandomImportance draws from torch's global generator
-    table = {
-        "l1": lambda: tp.importance.GroupMagnitudeImportance(p=1),
-        "l2": lambda: tp.importance.GroupMagnitudeImportance(p=2),
-        "bn-scale": lambda: tp.importance.BNScaleImportance(),
-        "lamp": lambda: tp.importance.LAMPImportance(p=2),
-        "fpgm": lambda: tp.importance.FPGMImportance(p=2),
-        "random": lambda: tp.importance.RandomImportance(),
-    }
-    if name not in table:
-        raise UserError(f"unknown importance criterion '{name}': one of {', '.join(table)}")
-    return table[name]()
-
-
-CRITERIA = ("l1", "l2", "bn-scale", "lamp", "fpgm", "random")
 
 
 @dataclass
@@ -97,16 +79,19 @@ def _chunk_order(dg: tp.DependencyGraph, root: nn.Module, g, imp: tp.importance.
     return torch.argsort(scores.view(g.divisor, size).mean(dim=0), stable=True)
 
 
-def removal_orders(model: nn.Module, graph: PruningGraph, *, criterion: str = "l2", seed: int = 0) -> list[torch.Tensor]:
+def removal_orders(model: nn.Module, graph: PruningGraph, *, criterion: str = "l2", seed: int = 0,
+                   batches: list | None = None) -> list[torch.Tensor]:
     """Per group, its chunk positions in the order `apply_policy` removes them (the criterion on `model`).
 
-    For weights that must be pruned as `model`'s would be (MetaPruning's generated ones): pass the
-    result to `apply_policy(orders=...)`.
+    For weights that must be pruned as `model`'s would be (MetaPruning's generated ones), and for
+    the data-aware criteria (scored once on `batches`, labelled training images): pass the result
+    to `apply_policy(orders=...)`.
     """
     scratch = copy.deepcopy(model).cpu().eval()
     modules = dict(scratch.named_modules())
+    imp = importance(criterion, seed)
+    prepare(scratch, imp, criterion, batches or [])  # before tracing: the trace's forward must not overwrite
     dg = _dependency_graph(scratch, torch.randn(1, *graph.input_shape))
-    imp = _importance(criterion, seed)
     return [_chunk_order(dg, modules[g.name], g, imp) for g in graph.groups]
 
 
@@ -120,7 +105,9 @@ def apply_policy(model: nn.Module, graph: PruningGraph, kept: np.ndarray, *, cri
     modules = dict(pruned.named_modules())
     example = torch.randn(1, *graph.input_shape)
     dg = _dependency_graph(pruned, example)
-    imp = _importance(criterion, seed) if orders is None else None
+    if orders is None and criterion in DATA_CRITERIA:
+        raise UserError(f"criterion '{criterion}' ranks channels with training data: pass its removal orders")
+    imp = importance(criterion, seed) if orders is None else None
     plans = []
     for g in graph.groups:
         n_remove = g.channels - int(kept[g.index])

@@ -18,6 +18,7 @@ from torch import nn
 
 from autoprune.budget import Budget, BudgetSet
 from autoprune.cost import CostModel, analytic_cost_models
+from autoprune.errors import UserError
 from autoprune.evaluate import Evaluator
 from autoprune.policy import Policy
 from autoprune.study import Study
@@ -63,6 +64,7 @@ class Problem:
         self._cache: dict[str, EvalResult] = {}
         self._stored: dict[str, dict] = {}
         self._proxy: dict[tuple[str, str], float] = {}
+        self._orders: list | None = None
         if study is not None:
             self.attach_study(study)
         self.timing = {"prune": 0.0, "forward": 0.0, "other": 0.0}
@@ -178,7 +180,7 @@ class Problem:
     def score(self, ratios: np.ndarray) -> tuple[dict, dict[str, float]]:
         """Prune a copy and evaluate it: (accuracy dict, seconds). No cache, no study: workers call this."""
         t1 = time.perf_counter()
-        pruned = self.space.apply(self.model, ratios, criterion=self.criterion, seed=self.seed)
+        pruned = self.prune(ratios)
         t2 = time.perf_counter()
         acc = self.evaluator(pruned)
         return acc, {"prune": t2 - t1, "forward": time.perf_counter() - t2}
@@ -203,8 +205,28 @@ class Problem:
         total = sum(self.timing.values())
         return (self.timing["prune"] + self.timing["other"]) / total if total else 0.0
 
+    def prune(self, ratios: np.ndarray) -> nn.Module:
+        """A physically pruned copy of the model (no BN recalibration), channels chosen by the criterion."""
+        orders = self.channel_orders()
+        extra = {"orders": orders} if orders is not None else {}
+        return self.space.apply(self.model, ratios, criterion=self.criterion, seed=self.seed, **extra)
+
+    def channel_orders(self) -> list | None:
+        """Removal order per group for a data-aware criterion, scored once on training batches; else None."""
+        from autoprune.importance import DATA_CRITERIA, labelled_batches
+        from autoprune.policy import removal_orders
+
+        if self.criterion not in DATA_CRITERIA:
+            return None
+        if self._orders is None:
+            if self.train is None:
+                raise UserError(f"criterion '{self.criterion}' needs the training split (problem.train)")
+            self._orders = removal_orders(self.model, self.space.graph, criterion=self.criterion, seed=self.seed,
+                                          batches=labelled_batches(self.train, seed=self.seed))
+        return self._orders
+
     def pruned_model(self, ratios: np.ndarray) -> nn.Module:
         """The physically pruned model of `ratios` with BN recalibrated, ready to test or export."""
-        pruned = self.space.apply(self.model, self.space.snap(ratios), criterion=self.criterion, seed=self.seed)
+        pruned = self.prune(self.space.snap(ratios))
         self.evaluator(pruned)
         return pruned

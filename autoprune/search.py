@@ -26,7 +26,7 @@ from autoprune.device import resolve_device
 from autoprune.errors import UserError
 from autoprune.evaluate import Evaluator, accuracy
 from autoprune.graph import build_graph
-from autoprune.policy import CRITERIA
+from autoprune.importance import CRITERIA, DATA_CRITERIA
 from autoprune.problem import EvalResult, Problem
 from autoprune.study import Study, StudyInfo, public_url
 from autoprune.verify import latency_budgets, verify_latency
@@ -65,6 +65,8 @@ class SearchConfig:
     # stem freezes that whole group. Off by default: at 50% FLOPs it gains ResNet-20 ~5 pp but costs ResNet-56
     # 3-9 pp (README, Benchmarks).
     prune_stem: bool = False
+    # The stem's group with a cap of its own (0: left whole, the default; --prune-stem: capped by max_ratio).
+    stem_max_ratio: float = 0.0
     agent_options: dict = field(default_factory=dict)
     workers: int = 1  # >1: evaluate candidates in parallel on Ray actors (batching searchers only)
     ray_address: str | None = None  # join this Ray cluster for the workers; default a local Ray
@@ -81,6 +83,10 @@ class SearchConfig:
 
     def n_evals(self) -> int:
         return self.evals if self.evals is not None else DEFAULT_EVALS.get(self.agent, 60)
+
+    def stem_cap(self) -> float:
+        """The stem group's largest prune ratio: --stem-max-ratio, or --max-ratio with --prune-stem, else 0."""
+        return self.stem_max_ratio or (self.max_ratio if self.prune_stem else 0.0)
 
 
 @dataclass
@@ -110,6 +116,11 @@ def build_setup(cfg: SearchConfig, *, on_profile: Callable[[str, int, int], None
         raise UserError(f"unknown agent '{cfg.agent}': one of {', '.join(agents.names())}")
     if cfg.criterion not in CRITERIA:
         raise UserError(f"unknown importance criterion '{cfg.criterion}': one of {', '.join(CRITERIA)}")
+    if cfg.space == "unstructured" and cfg.criterion in DATA_CRITERIA:
+        raise UserError(f"--criterion {cfg.criterion} ranks channel groups; the unstructured space prunes weights "
+                        "by magnitude (l1, l2 or random)")
+    if not 0.0 <= cfg.stem_max_ratio < 1.0:
+        raise UserError(f"--stem-max-ratio must lie in [0, 1), got {cfg.stem_max_ratio}")
     if not cfg.budgets:
         raise UserError("give at least one --budget, e.g. --budget 50%FLOPs")
     if cfg.n_evals() < 1:
@@ -125,7 +136,7 @@ def build_setup(cfg: SearchConfig, *, on_profile: Callable[[str, int, int], None
     data = data.with_channels(bundle.in_channels)
     input_shape = (data.in_channels, *data.input_size)
     graph = build_graph(bundle.model, input_shape, model_id=cfg.model, ignore=cfg.ignore,
-                        prune_stem=cfg.prune_stem)
+                        prune_stem=cfg.stem_cap() > 0)
     space = _space(cfg, graph, bundle.model)
     evaluator = Evaluator(data.train, data.heldout, device, calib_batches=cfg.calib_batches, seed=cfg.seed)
     base = {"macs": graph.base_macs, "params": graph.base_params}
@@ -183,7 +194,8 @@ def _space(cfg: SearchConfig, graph, model):
 
     try:
         if cfg.space == "channel":
-            return ChannelSpace(graph, max_ratio=cfg.max_ratio, round_to=cfg.round_to)
+            return ChannelSpace(graph, max_ratio=cfg.max_ratio, round_to=cfg.round_to,
+                                stem_max_ratio=cfg.stem_cap() or None)
         if cfg.space == "unstructured":
             return UnstructuredSpace(graph, model, max_ratio=cfg.max_ratio)
     except ValueError as exc:
@@ -321,7 +333,7 @@ def _execute(out: Path, setup: Setup, *, on_result: Callable[[EvalResult, Proble
     policy = problem.policy(best.ratios)
     summary = {
         "model": cfg.model, "weights": setup.bundle.weights, "data": cfg.data, "input_shape": list(input_shape),
-        "space": problem.space.describe(), "ignore": cfg.ignore, "prune_stem": cfg.prune_stem,
+        "space": problem.space.describe(), "ignore": cfg.ignore, "prune_stem": cfg.stem_cap() > 0,
         "criterion": cfg.criterion, "agent": cfg.agent, "seed": cfg.seed,
         "budgets": cfg.budgets, "macs": best.costs["macs"], "base_macs": problem.base_costs["macs"],
         "params": best.costs["params"], "base_params": problem.base_costs["params"],
@@ -345,6 +357,8 @@ def _execute(out: Path, setup: Setup, *, on_result: Callable[[EvalResult, Proble
         summary["latency_table_check"] = lut.check
     if problem.space.kind == "channel":
         summary["kept_channels"] = {n: int(k) for n, k in zip(problem.space.names, problem.space.kept(best.ratios))}
+        if problem.channel_orders() is not None:  # a data-aware criterion: which channels go, for `apply`
+            summary["channel_orders"] = {n: o.tolist() for n, o in zip(problem.space.names, problem.channel_orders())}
     front = getattr(setup.searcher, "pareto_front", None)  # multi-objective searchers (nsga2)
     if front:
         (out / "pareto.json").write_text(json.dumps(_jsonable(front), indent=2) + "\n")

@@ -45,7 +45,7 @@ def timed_against_base(problem: Problem, ratios, base_model: nn.Module, *, repea
                        timer=median_latencies_ms) -> dict:
     """The pruned policy and `base_model` timed interleaved, `repeats` times: medians of ms and of their ratio."""
     shape = tuple(problem.space.graph.input_shape)
-    pruned = problem.space.apply(problem.model, problem.space.snap(ratios), criterion=problem.criterion)
+    pruned = problem.prune(problem.space.snap(ratios))
     timings = [timer([(pruned, shape), (base_model, shape)], batch=batch, device=device, threads=threads,
                      min_seconds=min_seconds, max_seconds=max(5.0, min_seconds), rounds=5)
                for _ in range(max(1, repeats))]

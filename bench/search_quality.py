@@ -53,6 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--calib-batches", type=int, default=20, help="adaptive-BN batches of 64 per evaluation")
     p.add_argument("--prune-stem", action="store_true",
                    help="let the stem's group be pruned (every row, tp-* included: they ignore the classifier only)")
+    p.add_argument("--stem-max-ratio", type=float, default=0.0,
+                   help="the stem's group pruned up to this ratio (searcher rows; tp-* rows as with --prune-stem)")
     p.add_argument("--merge", nargs="+", type=Path, default=None,
                    help="run nothing: combine these result JSONs (e.g. one process per agent) into one table")
     p.add_argument("--tag", default="", help="appended to the result file names, e.g. 300evals")
@@ -79,7 +81,8 @@ def make_setup(args: argparse.Namespace, model: str, seed: int, agent: str) -> S
     return build_setup(SearchConfig(model=model, budgets=[args.budget], agent=agent, evals=args.evals, seed=seed,
                                     weights=args.weights, heldout=args.heldout, device=args.device,
                                     criterion=args.criterion, calib_batches=args.calib_batches,
-                                    prune_stem=args.prune_stem, agent_options=agents.parse_options(agent, pairs)))
+                                    prune_stem=args.prune_stem, stem_max_ratio=args.stem_max_ratio,
+                                    agent_options=agents.parse_options(agent, pairs)))
 
 
 def tp_count(model: torch.nn.Module, input_shape: tuple[int, ...]) -> tuple[float, float]:
@@ -251,6 +254,7 @@ def markdown(result: dict) -> str:
         return format(x, fmt) if x is not None else "–"
 
     m = result["machine"]
+    stem_note = f", stem group up to {args['stem_max_ratio']:g}" if args.get("stem_max_ratio") else ""
     lines = [f"# Search quality at {args['budget']}",
              "",
              f"`{result['command']}`",
@@ -258,7 +262,8 @@ def markdown(result: dict) -> str:
              f"{args['evals']} evaluations per searcher, seeds {' '.join(map(str, args['seeds']))}, weights "
              f"{args['weights'] or 'shipped'}, held-out {args['heldout']} images, adaptive BN on "
              f"{args.get('calib_batches', 20)}×64 training images"
-             f"{', stem group prunable' if args.get('prune_stem') else ''}. {m['cpu']}, {m['torch_threads']} "
+             f"{', stem group prunable' if args.get('prune_stem') else ''}"
+             f"{stem_note}. {m['cpu']}, {m['torch_threads']} "
              f"torch threads, device {m['device']}, torch {m['torch']}, torch-pruning {m['torch_pruning']}, {m['date']}.",
              "Accuracies: median over seeds (min–max), top-1 %. Searchers and tp-* rows: adaptive BN, then scored; "
              "unpruned: as trained."]
@@ -410,7 +415,7 @@ def merge(args: argparse.Namespace, argv: list[str] | None) -> dict:
                 seen.add(key)
                 runs.append(r)
     first = results[0]["args"]
-    for key in ("budget", "evals", "heldout", "criterion", "weights", "calib_batches", "prune_stem"):
+    for key in ("budget", "evals", "heldout", "criterion", "weights", "calib_batches", "prune_stem", "stem_max_ratio"):
         setattr(args, key, first.get(key, getattr(args, key)))
     args.models = list(dict.fromkeys(r["model"] for r in runs))
     args.seeds = sorted({r["seed"] for r in runs})

@@ -34,6 +34,7 @@ class ChannelSpace:
     graph: PruningGraph
     max_ratio: float = 0.8
     round_to: int | None = None  # None = auto per group
+    stem_max_ratio: float | None = None  # the stem's group's own cap (a ResNet's stage-1 residual group)
     kind: str = "channel"
     channels: np.ndarray = field(init=False)
     steps: np.ndarray = field(init=False)
@@ -51,7 +52,12 @@ class ChannelSpace:
         self.steps = np.array([math.lcm(self.round_to, int(d)) if self.round_to else int(d) * auto_round_to(int(c) // int(d))
                                for c, d in zip(n, divisors)], dtype=np.int64)
         self.steps = np.minimum(self.steps, n)
-        lo = np.maximum(divisors, np.ceil((1.0 - self.max_ratio) * n - 1e-9)).astype(np.int64)
+        if self.stem_max_ratio is not None and not 0.0 <= self.stem_max_ratio < 1.0:
+            raise ValueError(f"stem_max_ratio must be in [0, 1), got {self.stem_max_ratio}")
+        caps = np.full(len(n), self.max_ratio)
+        if self.stem_max_ratio is not None and self.graph.stem_group is not None:
+            caps[self.graph.stem_group] = min(self.stem_max_ratio, self.max_ratio)
+        lo = np.maximum(divisors, np.ceil((1.0 - caps) * n - 1e-9)).astype(np.int64)
         self.min_kept = np.minimum(n, np.ceil(lo / self.steps).astype(np.int64) * self.steps)
         # allowed kept counts per group: multiples of the step from min_kept up, plus full width
         self.levels = [np.unique(np.append(np.arange(lo_i, c + 1, st), c))
@@ -101,11 +107,13 @@ class ChannelSpace:
     def params(self, ratios: np.ndarray) -> float:
         return self.graph.params(self.kept(ratios))
 
-    def apply(self, model: nn.Module, ratios: np.ndarray, *, criterion: str = "l2", seed: int = 0) -> nn.Module:
-        """Physically pruned copy (Torch-Pruning), channels chosen by `criterion`."""
+    def apply(self, model: nn.Module, ratios: np.ndarray, *, criterion: str = "l2", seed: int = 0,
+              orders: list | None = None) -> nn.Module:
+        """Physically pruned copy (Torch-Pruning), channels chosen by `criterion` (or by fixed `orders`)."""
         from autoprune.policy import apply_policy
 
-        return apply_policy(model, self.graph, self.kept(ratios), criterion=criterion, seed=seed)
+        return apply_policy(model, self.graph, self.kept(ratios), criterion=criterion, seed=seed, orders=orders)
 
     def describe(self) -> dict:
-        return {"kind": self.kind, "max_ratio": self.max_ratio, "round_to": self.round_to or "auto"}
+        return {"kind": self.kind, "max_ratio": self.max_ratio, "round_to": self.round_to or "auto",
+                "stem_max_ratio": self.stem_max_ratio}

@@ -208,6 +208,22 @@ def test_prune_stem_and_ignore_reach_the_policy_and_apply(env):
     assert macs == policy["macs"]
 
 
+def test_data_aware_criterion_and_stem_cap_reach_the_policy_and_apply(env):
+    """--criterion taylor writes the run's channel orders, so `apply` rebuilds the model without the batches."""
+    out = env["root"] / "runs" / "taylor"
+    result = _invoke(*_search_args(env, out, "--agent", "random", "--criterion", "taylor", "--stem-max-ratio", "0.25"))
+    assert result.exit_code == 0, result.output
+    policy = json.loads((out / "policy.json").read_text())
+    assert policy["criterion"] == "taylor" and policy["space"]["stem_max_ratio"] == 0.25
+    assert 0 < policy["ratios"]["conv1"] <= 0.25 and len(policy["channel_orders"]) == len(policy["ratios"])
+    applied = env["root"] / "applied" / "taylor.pt"
+    assert _invoke("apply", str(out / "policy.json"), "--out", str(applied)).exit_code == 0
+    rebuilt, searched = torch.load(applied, weights_only=False), torch.load(out / "pruned.pt", weights_only=False)
+    x = torch.randn(4, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.allclose(rebuilt.eval()(x), searched.eval()(x), atol=1e-4)
+
+
 @pytest.mark.parametrize("case", [
     "unknown-model", "unknown-dataset", "unknown-agent", "malformed-budget", "infeasible-budget",
     "missing-data-dir", "unreadable-checkpoint", "mismatched-checkpoint", "untraceable-model",
