@@ -114,6 +114,8 @@ def search(
     stem_max_ratio: Annotated[float, typer.Option(help="Let the stem's group be pruned up to this ratio (0: "
                                                   "left whole).")] = 0.0,
     finetune_epochs: Annotated[int, typer.Option(help="Fine-tune the best policy for N epochs afterwards.")] = 0,
+    distill: Annotated[bool, typer.Option(help="Fine-tune with the unpruned model as teacher (KL on logits, "
+                                          "T=4, plus cross-entropy).")] = False,
     workers: Annotated[int, typer.Option(help="Evaluate candidates in parallel on N Ray actors, each with its own "
                                          "model copy (random and the Optuna samplers propose in batches).")] = 1,
     ray_address: Annotated[str | None, typer.Option(help="Ray cluster for --workers (default: a local Ray "
@@ -161,7 +163,8 @@ def search(
     cfg = SearchConfig(model=model, budgets=list(budget), data=data, weights=weights, agent=agent, evals=evals,
                        seed=seed, out=out, storage=storage, resume=resume, device=device, space=space,
                        max_ratio=max_ratio, round_to=round_to, criterion=criterion, heldout=heldout,
-                       calib_batches=calib_batches, finetune_epochs=finetune_epochs, ignore=list(ignore),
+                       calib_batches=calib_batches, finetune_epochs=finetune_epochs, distill=distill,
+                       ignore=list(ignore),
                        prune_stem=prune_stem, stem_max_ratio=stem_max_ratio,
                        workers=workers, ray_address=ray_address, batch=batch, threads=threads,
                        latency_table=latency_table, verify_latency=verify_latency,
@@ -264,6 +267,10 @@ def finetune(
     epochs: Annotated[int, typer.Option(help="Fine-tuning epochs (cosine LR).")] = 3,
     lr: Annotated[float, typer.Option(help="Starting learning rate.")] = 0.01,
     batch_size: Annotated[int, typer.Option(help="Batch size.")] = 128,
+    distill: Annotated[bool, typer.Option(help="Distil from the unpruned model: (1-w) cross-entropy + w T^2 "
+                                          "KL(teacher || student) on logits softened by T.")] = False,
+    temperature: Annotated[float, typer.Option(help="Distillation temperature T.")] = 4.0,
+    distill_weight: Annotated[float, typer.Option(help="Distillation weight w in [0, 1].")] = 0.5,
     device: DeviceOpt = "auto",
 ) -> None:
     """Fine-tune a search's pruned model on the training split; reports test accuracy before/after."""
@@ -271,7 +278,8 @@ def finetune(
 
     if not (run / "policy.json").exists():
         raise UserError(f"{run} is not a run folder (no policy.json)")
-    result = finetune_run(run, epochs, lr=lr, batch_size=batch_size, device=device, on_epoch=lambda e, row: console.print(
+    result = finetune_run(run, epochs, lr=lr, batch_size=batch_size, device=device, distill=distill,
+                          temperature=temperature, distill_weight=distill_weight, on_epoch=lambda e, row: console.print(
         f"epoch {row['epoch']}/{epochs}: loss {row['loss']:.4f}, held-out {row['heldout_accuracy']:.4f}"))
     console.print(f"test accuracy {result['test_accuracy_before_finetune']:.4f} -> "
                   f"{result['finetuned_test_accuracy']:.4f}; wrote {run / 'finetuned.pt'}")

@@ -1,7 +1,9 @@
 """Training and fine-tuning: SGD with Nesterov momentum under a one-cycle or cosine schedule.
 
 `autoprune train` produces the shipped zoo weights with this code; `autoprune finetune` reuses it
-on a pruned model. Only the training split is used (the held-out split stays unseen).
+on a pruned model, optionally distilling from the unpruned model (Hinton et al. 2015: cross-entropy
+on the labels plus T^2-scaled KL divergence to the teacher's softened logits, weighted by
+`distill_weight`). Only the training split is used (the held-out split stays unseen).
 """
 from __future__ import annotations
 
@@ -31,6 +33,18 @@ class TrainConfig:
     schedule: str = "onecycle"  # or "cosine"
     label_smoothing: float = 0.0
     seed: int = 0
+    teacher: nn.Module | None = None  # distil from this model's logits (the unpruned one)
+    temperature: float = 4.0
+    distill_weight: float = 0.5  # share of the KL term; 1 - this for the labels' cross-entropy
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, *, temperature: float,
+                      weight: float, label_smoothing: float = 0.0) -> torch.Tensor:
+    """(1 - weight) * CE(student, labels) + weight * T^2 * KL(softmax(teacher / T) || softmax(student / T))."""
+    t = temperature
+    kl = F.kl_div(F.log_softmax(student / t, dim=1), F.log_softmax(teacher / t, dim=1), log_target=True,
+                  reduction="batchmean") * t * t
+    return (1.0 - weight) * F.cross_entropy(student, labels, label_smoothing=label_smoothing) + weight * kl
 
 
 def augment(x: torch.Tensor, gen: torch.Generator, pad: int) -> torch.Tensor:
@@ -59,6 +73,7 @@ def train(model: nn.Module, data: DataBundle, cfg: TrainConfig, device: torch.de
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
     gen = torch.Generator().manual_seed(cfg.seed)
     pad = max(1, data.input_size[0] // 14)
+    teacher = cfg.teacher.to(device, memory_format=torch.channels_last).eval() if cfg.teacher is not None else None
     history = []
     for epoch in range(cfg.epochs):
         model.train()
@@ -72,7 +87,14 @@ def train(model: nn.Module, data: DataBundle, cfg: TrainConfig, device: torch.de
             out = model(x)
             if isinstance(out, tuple):  # (logits, auxiliary logits...) of a user's net with train-only heads
                 out = out[0]
-            loss = F.cross_entropy(out, y, label_smoothing=cfg.label_smoothing)
+            if teacher is None:
+                loss = F.cross_entropy(out, y, label_smoothing=cfg.label_smoothing)
+            else:
+                with torch.no_grad():
+                    target = teacher(x)
+                loss = distillation_loss(out, target[0] if isinstance(target, tuple) else target, y,
+                                         temperature=cfg.temperature, weight=cfg.distill_weight,
+                                         label_smoothing=cfg.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -88,4 +110,6 @@ def train(model: nn.Module, data: DataBundle, cfg: TrainConfig, device: torch.de
         if on_epoch:
             on_epoch(epoch, row)
     model.to(memory_format=torch.contiguous_format)
+    if teacher is not None:
+        teacher.to(memory_format=torch.contiguous_format)
     return history

@@ -72,7 +72,8 @@ def summary_table(s: dict) -> Table:
         t.add_row("test top-1, PruningNet weights", "", f"{p['test_accuracy']:.4f}",
                   f"{p['test_accuracy'] - s['base_test_accuracy']:+.4f}")
     if "finetuned_test_accuracy" in s:
-        t.add_row(f"test top-1, fine-tuned {s['finetune_epochs']} ep", "", f"{s['finetuned_test_accuracy']:.4f}",
+        how = f"fine-tuned {s['finetune_epochs']} ep{', distilled' if s.get('finetune_distill') else ''}"
+        t.add_row(f"test top-1, {how}", "", f"{s['finetuned_test_accuracy']:.4f}",
                   f"{s['finetuned_test_accuracy'] - s['base_test_accuracy']:+.4f}")
     where = f"{s.get('latency_device', 'cpu').upper()} latency (batch {s.get('latency_batch', 1)})"
     t.add_row(f"{where}, measured", f"{s['base_latency_ms']:.2f} ms", f"{s['latency_ms']:.2f} ms",
