@@ -53,7 +53,6 @@ def load_run_model(policy_path: Path, *, weights: str | None = None, data: str |
     space_meta = meta.get("space", {})
     round_to = space_meta.get("round_to")
     space = ChannelSpace(graph, max_ratio=0.999, round_to=None if round_to in (None, "auto") else int(round_to))
-    # (no caps here: the policy's own kept channels or ratios say what goes)
     ratios = policy.vector(graph)
     kept = meta.get("kept_channels")
     kept_vec = (torch.tensor([kept[g.name] for g in graph.groups]).double().numpy() if kept
@@ -61,10 +60,16 @@ def load_run_model(policy_path: Path, *, weights: str | None = None, data: str |
     orders = meta.get("channel_orders")  # written for data-aware criteria: their ranking needs the run's batches
     if orders is not None:
         orders = [torch.tensor(orders[g.name]) for g in graph.groups]
-    pruned = apply_policy(bundle.model, graph, kept_vec, criterion=meta.get("criterion", "l2"), seed=meta.get("seed", 0),
-                          orders=orders)
+    criterion, seed = meta.get("criterion", "l2"), meta.get("seed", 0)
+    pruned = apply_policy(bundle.model, graph, kept_vec, criterion=criterion, seed=seed, orders=orders)
+    dev = resolve_device(device)
+    calib = calibration_batches(data_bundle.train, meta.get("calib_batches", 20), CALIB_BATCH, seed)
+    if meta.get("reconstruction"):  # the search refitted its model on these calibration images: so do we
+        from autoprune.policy import removal_orders
+        from autoprune.reconstruct import Reconstructor
+
+        orders = orders or removal_orders(bundle.model, graph, criterion=criterion, seed=seed)
+        Reconstructor(bundle.model, graph, orders, calib, dev, seed)(pruned, kept_vec)
     if recalibrate:
-        dev = resolve_device(device)
-        calib = calibration_batches(data_bundle.train, meta.get("calib_batches", 20), CALIB_BATCH, meta.get("seed", 0))
         recalibrate_bn(pruned.to(dev), calib, dev)
     return LoadedRun(policy, bundle.model, pruned, graph, data_bundle)

@@ -116,6 +116,10 @@ def search(
     finetune_epochs: Annotated[int, typer.Option(help="Fine-tune the best policy for N epochs afterwards.")] = 0,
     distill: Annotated[bool, typer.Option(help="Fine-tune with the unpruned model as teacher (KL on logits, "
                                           "T=4, plus cross-entropy).")] = False,
+    reconstruct: Annotated[bool, typer.Option(help="Refit the pruned layers by least squares to the unpruned "
+                                              "model's outputs on 256 calibration images.")] = False,
+    reconstruct_top: Annotated[int, typer.Option(help="With --reconstruct: 0 refits every candidate; K refits "
+                                                 "and re-ranks only the K best after the search.")] = 0,
     workers: Annotated[int, typer.Option(help="Evaluate candidates in parallel on N Ray actors, each with its own "
                                          "model copy (random and the Optuna samplers propose in batches).")] = 1,
     ray_address: Annotated[str | None, typer.Option(help="Ray cluster for --workers (default: a local Ray "
@@ -164,7 +168,7 @@ def search(
                        seed=seed, out=out, storage=storage, resume=resume, device=device, space=space,
                        max_ratio=max_ratio, round_to=round_to, criterion=criterion, heldout=heldout,
                        calib_batches=calib_batches, finetune_epochs=finetune_epochs, distill=distill,
-                       ignore=list(ignore),
+                       reconstruct=reconstruct, reconstruct_top=reconstruct_top, ignore=list(ignore),
                        prune_stem=prune_stem, stem_max_ratio=stem_max_ratio,
                        workers=workers, ray_address=ray_address, batch=batch, threads=threads,
                        latency_table=latency_table, verify_latency=verify_latency,

@@ -65,9 +65,10 @@ class Problem:
         self._stored: dict[str, dict] = {}
         self._proxy: dict[tuple[str, str], float] = {}
         self._orders: list | None = None
+        self.reconstructor = None  # set by use_reconstruction(): every pruned model refitted before scoring
         if study is not None:
             self.attach_study(study)
-        self.timing = {"prune": 0.0, "forward": 0.0, "other": 0.0}
+        self.timing = {"prune": 0.0, "reconstruct": 0.0, "forward": 0.0, "other": 0.0}
         self.pool = None  # a WorkerPool (autoprune.workers) scores new policies in parallel when set
         self.train = None  # the training split, for searchers that train something of their own (metapruning)
         self.progress: Callable[[str, int, int], None] | None = None  # (what, done, total) of such a searcher
@@ -182,8 +183,11 @@ class Problem:
         t1 = time.perf_counter()
         pruned = self.prune(ratios)
         t2 = time.perf_counter()
+        if self.reconstructor is not None:
+            self.reconstructor(pruned, self.space.kept(ratios))
+        t3 = time.perf_counter()
         acc = self.evaluator(pruned)
-        return acc, {"prune": t2 - t1, "forward": time.perf_counter() - t2}
+        return acc, {"prune": t2 - t1, "reconstruct": t3 - t2, "forward": time.perf_counter() - t3}
 
     def _record(self, ratios: np.ndarray, key: str, costs: dict[str, float], acc: dict,
                 seconds: dict[str, float]) -> EvalResult:
@@ -194,6 +198,7 @@ class Problem:
                 "key": key, "index": result.index, "ratios": [float(r) for r in ratios], **costs,
                 "top5": acc.get("top5"), "reward": reward, "seconds": seconds})
         self.timing["prune"] += seconds.get("prune", 0.0)
+        self.timing["reconstruct"] += seconds.get("reconstruct", 0.0)
         self.timing["forward"] += seconds.get("forward", 0.0)
         return result
 
@@ -207,7 +212,7 @@ class Problem:
 
     def prune(self, ratios: np.ndarray) -> nn.Module:
         """A physically pruned copy of the model (no BN recalibration), channels chosen by the criterion."""
-        orders = self.channel_orders()
+        orders = self.removal_orders() if self.reconstructor is not None else self.channel_orders()
         extra = {"orders": orders} if orders is not None else {}
         return self.space.apply(self.model, ratios, criterion=self.criterion, seed=self.seed, **extra)
 
@@ -225,8 +230,29 @@ class Problem:
                                           batches=labelled_batches(self.train, seed=self.seed))
         return self._orders
 
+    def removal_orders(self) -> list:
+        """Every group's removal order under the run's criterion, computed once."""
+        from autoprune.policy import removal_orders
+
+        if self._orders is None:
+            self._orders = self.channel_orders() or removal_orders(self.model, self.space.graph,
+                                                                   criterion=self.criterion, seed=self.seed)
+        return self._orders
+
+    def use_reconstruction(self, on: bool = True) -> None:
+        """Refit every pruned model by least squares to the unpruned one's outputs (autoprune.reconstruct)."""
+        from autoprune.reconstruct import Reconstructor
+
+        if getattr(self.space, "kind", "channel") != "channel":
+            raise UserError("--reconstruct refits the layers of physically pruned models: it needs the channel space")
+        self.reconstructor = (Reconstructor(self.model, self.space.graph, self.removal_orders(), self.evaluator.calib,
+                                            self.evaluator.device, self.seed) if on else None)
+
     def pruned_model(self, ratios: np.ndarray) -> nn.Module:
         """The physically pruned model of `ratios` with BN recalibrated, ready to test or export."""
-        pruned = self.prune(self.space.snap(ratios))
+        ratios = self.space.snap(ratios)
+        pruned = self.prune(ratios)
+        if self.reconstructor is not None:
+            self.reconstructor(pruned, self.space.kept(ratios))
         self.evaluator(pruned)
         return pruned
