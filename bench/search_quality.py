@@ -48,7 +48,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--heldout", type=int, default=5000, help="held-out images carved from the training set")
     p.add_argument("--agents", nargs="+", default=agents.names(), help="searchers, default: all registered")
     p.add_argument("--device", default="auto")
-    p.add_argument("--criterion", default="l2", help="channel importance for every row: l2 or l1 magnitude")
+    p.add_argument("--criterion", default="l2", help="channel importance for every row (autoprune's --criterion)")
+    p.add_argument("--reconstruct", action="store_true", help="searcher rows refit pruned layers (--reconstruct)")
+    p.add_argument("--reconstruct-top", type=int, default=0,
+                   help="with --reconstruct: 0 refits every candidate, K re-ranks the K best afterwards")
     p.add_argument("--out-dir", type=Path, default=Path("bench/results"))
     p.add_argument("--calib-batches", type=int, default=20, help="adaptive-BN batches of 64 per evaluation")
     p.add_argument("--prune-stem", action="store_true",
@@ -82,6 +85,7 @@ def make_setup(args: argparse.Namespace, model: str, seed: int, agent: str) -> S
                                     weights=args.weights, heldout=args.heldout, device=args.device,
                                     criterion=args.criterion, calib_batches=args.calib_batches,
                                     prune_stem=args.prune_stem, stem_max_ratio=args.stem_max_ratio,
+                                    reconstruct=args.reconstruct, reconstruct_top=args.reconstruct_top,
                                     agent_options=agents.parse_options(agent, pairs)))
 
 
@@ -110,6 +114,11 @@ def run_searcher(setup: Setup, n_evals: int, seed: int) -> dict:
     problem = setup.problem
     start = time.perf_counter()
     setup.searcher.search(problem, n_evals, seed=seed)
+    best, reranked = problem.best, None
+    if setup.config.reconstruct and setup.config.reconstruct_top and best is not None:
+        from autoprune.reconstruct import rerank
+
+        best, reranked = rerank(problem, setup.config.reconstruct_top)  # part of the search's time
     seconds = time.perf_counter() - start
     row = {"evaluations": problem.n_evals, "cached_evaluations": sum(r.cached for r in problem.results),
            "search_seconds": seconds, "evals_per_second": problem.n_evals / seconds if seconds else None,
@@ -119,7 +128,8 @@ def run_searcher(setup: Setup, n_evals: int, seed: int) -> dict:
            "accuracies": [float(r.accuracy) for r in problem.results]}
     if getattr(setup.searcher, "report", None):  # e.g. metapruning's PruningNet training and proxy scoring
         row["searcher_report"] = setup.searcher.report
-    best = problem.best
+    if reranked is not None:
+        row["reranked"] = reranked
     if best is None:
         return row
     pruned = problem.pruned_model(best.ratios)  # BN recalibrated on the evaluator's batches
@@ -415,7 +425,8 @@ def merge(args: argparse.Namespace, argv: list[str] | None) -> dict:
                 seen.add(key)
                 runs.append(r)
     first = results[0]["args"]
-    for key in ("budget", "evals", "heldout", "criterion", "weights", "calib_batches", "prune_stem", "stem_max_ratio"):
+    for key in ("budget", "evals", "heldout", "criterion", "weights", "calib_batches", "prune_stem", "stem_max_ratio",
+                "reconstruct", "reconstruct_top"):
         setattr(args, key, first.get(key, getattr(args, key)))
     args.models = list(dict.fromkeys(r["model"] for r in runs))
     args.seeds = sorted({r["seed"] for r in runs})
