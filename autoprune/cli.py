@@ -120,6 +120,9 @@ def search(
                                               "model's outputs on 256 calibration images.")] = False,
     reconstruct_top: Annotated[int, typer.Option(help="With --reconstruct: 0 refits every candidate; K refits "
                                                  "and re-ranks only the K best after the search.")] = 0,
+    fidelity: Annotated[str, typer.Option(help="full, or auto: score each candidate on 2 BN batches and a fifth "
+                                          "of the held-out images first, and finish only those whose 99.9% "
+                                          "upper bound could still beat the best so far.")] = "full",
     workers: Annotated[int, typer.Option(help="Evaluate candidates in parallel on N Ray actors, each with its own "
                                          "model copy (random and the Optuna samplers propose in batches).")] = 1,
     ray_address: Annotated[str | None, typer.Option(help="Ray cluster for --workers (default: a local Ray "
@@ -168,7 +171,8 @@ def search(
                        seed=seed, out=out, storage=storage, resume=resume, device=device, space=space,
                        max_ratio=max_ratio, round_to=round_to, criterion=criterion, heldout=heldout,
                        calib_batches=calib_batches, finetune_epochs=finetune_epochs, distill=distill,
-                       reconstruct=reconstruct, reconstruct_top=reconstruct_top, ignore=list(ignore),
+                       reconstruct=reconstruct, reconstruct_top=reconstruct_top, fidelity=fidelity,
+                       ignore=list(ignore),
                        prune_stem=prune_stem, stem_max_ratio=stem_max_ratio,
                        workers=workers, ray_address=ray_address, batch=batch, threads=threads,
                        latency_table=latency_table, verify_latency=verify_latency,

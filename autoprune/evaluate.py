@@ -9,9 +9,12 @@ and train-only branches (auxiliary heads, stochastic depth) do not run.
 """
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+
 import torch
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from autoprune.data import CALIB_BATCH, TensorSplit, batches
 
@@ -56,13 +59,16 @@ def calibration_batches(train: Dataset, n_batches: int, batch_size: int, seed: i
 
 
 @torch.no_grad()  # not inference_mode: the statistics must stay usable for later fine-tuning
-def recalibrate_bn(model: nn.Module, calib: list[torch.Tensor], device: torch.device) -> None:
+def recalibrate_bn(model: nn.Module, calib: list[torch.Tensor], device: torch.device, *, reset: bool = True) -> None:
+    """BN statistics as the cumulative average over `calib`; reset=False continues an earlier call's average
+    (two calls over a split list give exactly the statistics of one call over the whole list)."""
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns or not calib:
         return
     saved = [(m, m.momentum) for m in bns]
     for m in bns:
-        m.reset_running_stats()
+        if reset:
+            m.reset_running_stats()
         m.momentum = None  # cumulative moving average over all calibration batches
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
@@ -131,3 +137,39 @@ class Evaluator:
         if recalibrate:
             recalibrate_bn(model, self.calib, self.device)
         return accuracy(model, self.heldout if split is None else split, self.device)
+
+    def staged(self, model: nn.Module, stop: Callable[[float], bool]) -> dict:
+        """Multi-fidelity scoring: BN on the first FIDELITY_BATCHES calibration batches, top-1 on the first
+        fifth of the held-out split (at least FIDELITY_IMAGES). If `stop(upper confidence bound)` says the
+        candidate cannot reach the top, that partial score is returned (marked "partial"); otherwise BN goes
+        on over the remaining batches and the whole split is scored: exactly what `__call__` returns."""
+        n = min(len(self.heldout), max(FIDELITY_IMAGES, len(self.heldout) // 5))
+        k = min(FIDELITY_BATCHES, len(self.calib))
+        if n >= len(self.heldout) or k >= len(self.calib):
+            return self(model)
+        model.to(self.device)
+        recalibrate_bn(model, self.calib[:k], self.device)
+        part = accuracy(model, _head(self.heldout, n), self.device)
+        if stop(wilson_upper(part["top1"], n)):
+            return part | {"partial": True, "images": n}
+        recalibrate_bn(model, self.calib[k:], self.device, reset=False)
+        return accuracy(model, self.heldout, self.device)
+
+
+FIDELITY_IMAGES = 200  # the low-fidelity slice: at least this many held-out images (or a fifth of them)
+FIDELITY_BATCHES = 2  # of the calibration batches
+FIDELITY_Z = 3.0  # Wilson bound at ~99.9% one-sided: a candidate stops only when clearly out of reach
+
+
+def wilson_upper(p: float, n: int, z: float = FIDELITY_Z) -> float:
+    """Upper end of the Wilson score interval of a proportion `p` observed on `n` images."""
+    denom = 1.0 + z * z / n
+    centre = p + z * z / (2 * n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return min(1.0, (centre + half) / denom)
+
+
+def _head(split: Dataset, n: int) -> Dataset:
+    if isinstance(split, TensorSplit):
+        return TensorSplit(split.images[:n], split.labels[:n])
+    return Subset(split, range(n))

@@ -37,6 +37,7 @@ class EvalResult:
     reward: float
     seconds: dict[str, float] = field(default_factory=dict)
     cached: bool = False
+    partial: bool = False  # scored at low fidelity only (--fidelity auto): never the best
 
 
 REWARDS: dict[str, Callable[[float, dict[str, float]], float]] = {
@@ -66,6 +67,7 @@ class Problem:
         self._proxy: dict[tuple[str, str], float] = {}
         self._orders: list | None = None
         self.reconstructor = None  # set by use_reconstruction(): every pruned model refitted before scoring
+        self.fidelity = "full"  # "auto": Evaluator.staged stops candidates that cannot reach the best so far
         if study is not None:
             self.attach_study(study)
         self.timing = {"prune": 0.0, "reconstruct": 0.0, "forward": 0.0, "other": 0.0}
@@ -113,7 +115,8 @@ class Problem:
 
     @property
     def best(self) -> EvalResult | None:
-        return max(self.results, key=lambda r: (r.reward, -r.index), default=None)
+        """The best full-fidelity result (a partial score is an estimate on a slice, never reported)."""
+        return max((r for r in self.results if not r.partial), key=lambda r: (r.reward, -r.index), default=None)
 
     def policy(self, ratios: np.ndarray) -> Policy:
         return Policy(dict(zip(self.space.names, (round(float(r), 6) for r in self.space.snap(ratios)))))
@@ -131,10 +134,10 @@ class Problem:
         """
         t0 = time.perf_counter()
         prepared = [self._prepare(r) for r in batch]
-        fresh: dict[str, np.ndarray] = {}
+        fresh: dict[str, tuple[np.ndarray, dict[str, float]]] = {}
         for p in prepared:
             if p is not None and p[1] not in self._cache and p[1] not in self._stored:
-                fresh.setdefault(p[1], p[0])
+                fresh.setdefault(p[1], (p[0], p[2]))
         t1 = time.perf_counter()
         scores = dict(zip(fresh, self._score_all(list(fresh.values()))))
         t2 = time.perf_counter()
@@ -149,7 +152,8 @@ class Problem:
             elif key in self._stored:
                 stored = self._stored[key]
                 result = EvalResult(self.n_evals, ratios, key, costs, stored["accuracy"], stored.get("top5"),
-                                    stored["reward"], stored.get("seconds", {}), cached=True)
+                                    stored["reward"], stored.get("seconds", {}), cached=True,
+                                    partial=stored.get("fidelity") == "partial")
             else:
                 result = self._record(ratios, key, costs, *scores[key])
             self._cache.setdefault(key, result)
@@ -172,38 +176,59 @@ class Problem:
             return None
         return ratios, self.policy(ratios).key(), costs
 
-    def _score_all(self, batch: list[np.ndarray]) -> list[tuple[dict, dict[str, float]]]:
-        """(accuracy dict, seconds) of each policy: in this process, or on the attached worker pool."""
-        if self.pool is not None and batch:
-            return self.pool.score(batch)
-        return [self.score(ratios) for ratios in batch]
+    def _score_all(self, batch: list[tuple[np.ndarray, dict[str, float]]]) -> list[tuple[dict, dict[str, float]]]:
+        """(accuracy dict, seconds) of each (ratios, costs): in this process, or on the attached worker pool.
 
-    def score(self, ratios: np.ndarray) -> tuple[dict, dict[str, float]]:
-        """Prune a copy and evaluate it: (accuracy dict, seconds). No cache, no study: workers call this."""
+        At --fidelity auto a candidate stops early when even the upper confidence bound of its
+        low-fidelity accuracy gives a lower reward than the best full-fidelity result so far.
+        """
+        if self.pool is not None and batch:
+            return self.pool.score([ratios for ratios, _ in batch])
+        if self.fidelity != "auto":
+            return [self.score(ratios) for ratios, _ in batch]
+        out = []
+        top = self.best.reward if self.best is not None else None
+        for ratios, costs in batch:
+            acc, seconds = self.score(ratios, stop=lambda ucb, c=costs, t=top: t is not None and self.reward_fn(ucb, c) < t)
+            if not acc.get("partial"):
+                reward = float(self.reward_fn(acc["top1"], costs))
+                top = reward if top is None else max(top, reward)
+            out.append((acc, seconds))
+        return out
+
+    def score(self, ratios: np.ndarray, stop: Callable[[float], bool] | None = None) -> tuple[dict, dict[str, float]]:
+        """Prune a copy and evaluate it: (accuracy dict, seconds). No cache, no study: workers call this.
+
+        With `stop`, the evaluator scores in stages (Evaluator.staged) and may return a partial score.
+        """
         t1 = time.perf_counter()
         pruned = self.prune(ratios)
         t2 = time.perf_counter()
         if self.reconstructor is not None:
             self.reconstructor(pruned, self.space.kept(ratios))
         t3 = time.perf_counter()
-        acc = self.evaluator(pruned)
+        acc = self.evaluator(pruned) if stop is None else self.evaluator.staged(pruned, stop)
         return acc, {"prune": t2 - t1, "reconstruct": t3 - t2, "forward": time.perf_counter() - t3}
 
     def _record(self, ratios: np.ndarray, key: str, costs: dict[str, float], acc: dict,
                 seconds: dict[str, float]) -> EvalResult:
         reward = float(self.reward_fn(acc["top1"], costs))
-        result = EvalResult(self.n_evals, ratios, key, costs, acc["top1"], acc.get("top5"), reward, dict(seconds))
+        partial = bool(acc.get("partial"))
+        result = EvalResult(self.n_evals, ratios, key, costs, acc["top1"], acc.get("top5"), reward, dict(seconds),
+                            partial=partial)
         if self.study is not None:
             self.study.add(list(ratios), acc["top1"], {
                 "key": key, "index": result.index, "ratios": [float(r) for r in ratios], **costs,
-                "top5": acc.get("top5"), "reward": reward, "seconds": seconds})
+                "top5": acc.get("top5"), "reward": reward, "seconds": seconds,
+                **({"fidelity": "partial", "images": acc.get("images")} if partial else {})})
         self.timing["prune"] += seconds.get("prune", 0.0)
         self.timing["reconstruct"] += seconds.get("reconstruct", 0.0)
         self.timing["forward"] += seconds.get("forward", 0.0)
         return result
 
     def _replay(self, r: EvalResult) -> EvalResult:
-        return EvalResult(self.n_evals, r.ratios, r.key, r.costs, r.accuracy, r.top5, r.reward, r.seconds, cached=True)
+        return EvalResult(self.n_evals, r.ratios, r.key, r.costs, r.accuracy, r.top5, r.reward, r.seconds, cached=True,
+                          partial=r.partial)
 
     def overhead_share(self) -> float:
         """Share of evaluation time spent beyond forward passes (pruning, costing, storing)."""

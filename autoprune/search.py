@@ -63,6 +63,7 @@ class SearchConfig:
     distill: bool = False  # fine-tune with the unpruned model as teacher
     reconstruct: bool = False  # least-squares refit of the pruned layers (autoprune.reconstruct)
     reconstruct_top: int = 0  # 0: refit every candidate; K: refit and re-rank the K best after the search
+    fidelity: str = "full"  # "auto": stop hopeless candidates after a low-fidelity first stage
     ignore: list[str] = field(default_factory=list)
     # The stem's outputs share a group with every residual add they feed (stage 1 of a ResNet): excluding the
     # stem freezes that whole group. Off by default: at 50% FLOPs it gains ResNet-20 ~5 pp but costs ResNet-56
@@ -165,6 +166,12 @@ def build_setup(cfg: SearchConfig, *, on_profile: Callable[[str, int, int], None
         raise UserError("--reconstruct-top must be 0 (every candidate) or a positive count")
     if cfg.reconstruct and not cfg.reconstruct_top:
         problem.use_reconstruction()
+    if cfg.fidelity not in ("full", "auto"):
+        raise UserError(f"--fidelity must be full or auto, not '{cfg.fidelity}'")
+    if cfg.fidelity == "auto" and cfg.workers > 1:
+        raise UserError("--fidelity auto stops candidates against the best so far, one after another: "
+                        "use it with --workers 1")
+    problem.fidelity = cfg.fidelity
     searcher = agents.build(cfg.agent, **_agent_options(cfg))
     if hasattr(searcher, "check_problem"):  # a searcher's own refusals (metapruning: space, PruningNet file)
         searcher.check_problem(problem)
@@ -358,6 +365,7 @@ def _execute(out: Path, setup: Setup, *, on_result: Callable[[EvalResult, Proble
         "latency_ms": latency["pruned"], "base_latency_ms": latency["base"], "latency_batch": cfg.batch,
         "latency_device": device.type,
         "evaluations": problem.n_evals, "cached_evaluations": sum(r.cached for r in problem.results),
+        "fidelity": cfg.fidelity, "partial_evaluations": sum(r.partial for r in problem.results),
         "best_evaluation": best.index, "search_seconds": round(search_seconds, 2),
         "overhead_share": round(problem.overhead_share(), 4),
         "heldout_images": len(setup.data.heldout), "calib_batches": cfg.calib_batches,

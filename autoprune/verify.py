@@ -31,10 +31,10 @@ def latency_budgets(problem: Problem) -> list:
 
 
 def ranked_candidates(problem: Problem) -> list[EvalResult]:
-    """Distinct evaluated policies, best reward first (the order `problem.best` uses)."""
+    """Distinct full-fidelity policies, best reward first (the order `problem.best` uses)."""
     seen, out = set(), []
     for r in sorted(problem.results, key=lambda r: (-r.reward, r.index)):
-        if r.key not in seen:
+        if r.key not in seen and not r.partial:
             seen.add(r.key)
             out.append(r)
     return out

@@ -50,6 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="auto")
     p.add_argument("--criterion", default="l2", help="channel importance for every row (autoprune's --criterion)")
     p.add_argument("--reconstruct", action="store_true", help="searcher rows refit pruned layers (--reconstruct)")
+    p.add_argument("--fidelity", default="full", help="searcher rows' --fidelity (full or auto)")
     p.add_argument("--reconstruct-top", type=int, default=0,
                    help="with --reconstruct: 0 refits every candidate, K re-ranks the K best afterwards")
     p.add_argument("--out-dir", type=Path, default=Path("bench/results"))
@@ -86,6 +87,7 @@ def make_setup(args: argparse.Namespace, model: str, seed: int, agent: str) -> S
                                     criterion=args.criterion, calib_batches=args.calib_batches,
                                     prune_stem=args.prune_stem, stem_max_ratio=args.stem_max_ratio,
                                     reconstruct=args.reconstruct, reconstruct_top=args.reconstruct_top,
+                                    fidelity=args.fidelity,
                                     agent_options=agents.parse_options(agent, pairs)))
 
 
@@ -106,7 +108,8 @@ def cost_time_us(problem, ratios: np.ndarray, calls: int = COST_CALLS) -> float:
 
 def best_so_far(problem) -> list[float]:
     """Held-out accuracy of the best policy found so far, after each evaluation (cache hits included)."""
-    return [float(a) for a in np.maximum.accumulate([r.accuracy for r in problem.results])] if problem.results else []
+    full = [-1.0 if r.partial else r.accuracy for r in problem.results]  # a partial score is never a best
+    return [float(a) for a in np.maximum.accumulate(full)] if full else []
 
 
 def run_searcher(setup: Setup, n_evals: int, seed: int) -> dict:
@@ -125,7 +128,8 @@ def run_searcher(setup: Setup, n_evals: int, seed: int) -> dict:
            "overhead_share": problem.overhead_share(), "curve": best_so_far(problem),
            # the searcher's own time: proposing (models, samplers, projection), outside problem.evaluate
            "propose_seconds": seconds - sum(problem.timing.values()),
-           "accuracies": [float(r.accuracy) for r in problem.results]}
+           "accuracies": [float(r.accuracy) for r in problem.results],
+           "partial_evaluations": sum(r.partial for r in problem.results)}
     if getattr(setup.searcher, "report", None):  # e.g. metapruning's PruningNet training and proxy scoring
         row["searcher_report"] = setup.searcher.report
     if reranked is not None:
@@ -426,7 +430,7 @@ def merge(args: argparse.Namespace, argv: list[str] | None) -> dict:
                 runs.append(r)
     first = results[0]["args"]
     for key in ("budget", "evals", "heldout", "criterion", "weights", "calib_batches", "prune_stem", "stem_max_ratio",
-                "reconstruct", "reconstruct_top"):
+                "reconstruct", "reconstruct_top", "fidelity"):
         setattr(args, key, first.get(key, getattr(args, key)))
     args.models = list(dict.fromkeys(r["model"] for r in runs))
     args.seeds = sorted({r["seed"] for r in runs})
