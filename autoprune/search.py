@@ -29,7 +29,7 @@ from autoprune.graph import build_graph
 from autoprune.importance import CRITERIA, DATA_CRITERIA
 from autoprune.problem import EvalResult, Problem
 from autoprune.study import Study, StudyInfo, public_url
-from autoprune.verify import latency_budgets, verify_latency
+from autoprune.outcome import final_pick, policy_details
 from autoprune.zoo import ModelBundle, build_model
 
 log = logging.getLogger(__name__)
@@ -331,20 +331,7 @@ def _execute(out: Path, setup: Setup, *, on_result: Callable[[EvalResult, Proble
     best = problem.best
     if best is None:
         raise UserError("the search evaluated no policy within the budget")
-    verification, reranked = None, None
-    if cfg.reconstruct and cfg.reconstruct_top:
-        from autoprune.reconstruct import rerank
-
-        stage(f"refitting the {cfg.reconstruct_top} best candidates by least squares")
-        best, reranked = rerank(problem, cfg.reconstruct_top)
-    if cfg.verify_latency > 0 and latency_budgets(problem):
-        stage(f"timing up to {cfg.verify_latency} best candidates against the latency budget")
-        best, verification = verify_latency(problem, setup.bundle.model, top=cfg.verify_latency, batch=cfg.batch,
-                                            device=device, threads=cfg.threads)
-        if reranked is not None:  # its pick is scored as the others now are: refitted
-            from autoprune.reconstruct import rescore
-
-            best = rescore(problem, best)
+    best, picked = final_pick(problem, setup, best, stage)
 
     stage("testing the best policy")
     pruned = problem.pruned_model(best.ratios)
@@ -369,23 +356,10 @@ def _execute(out: Path, setup: Setup, *, on_result: Callable[[EvalResult, Proble
         "best_evaluation": best.index, "search_seconds": round(search_seconds, 2),
         "overhead_share": round(problem.overhead_share(), 4),
         "heldout_images": len(setup.data.heldout), "calib_batches": cfg.calib_batches,
-        "reconstruction": (None if not cfg.reconstruct else
-                           {"mode": f"top-{cfg.reconstruct_top}" if cfg.reconstruct_top else "every candidate",
-                            **({"reranked": reranked} if reranked else {})}),
         "storage": public_url(storage) if cfg.storage else "study.db",
     }
-    if verification is not None:
-        summary["latency_verification"] = verification
-    if "latency_ms" in best.costs:  # the lookup table's prediction, next to the measurement above
-        lut = problem.cost_models["latency_ms"]
-        summary["predicted_latency_ms"] = best.costs["latency_ms"]
-        summary["base_predicted_latency_ms"] = problem.base_costs["latency_ms"]
-        summary["latency_floor_ms"] = lut.floor_ms
-        summary["latency_table_check"] = lut.check
-    if problem.space.kind == "channel":
-        summary["kept_channels"] = {n: int(k) for n, k in zip(problem.space.names, problem.space.kept(best.ratios))}
-        if problem.channel_orders() is not None:  # a data-aware criterion: which channels go, for `apply`
-            summary["channel_orders"] = {n: o.tolist() for n, o in zip(problem.space.names, problem.channel_orders())}
+    summary.update(picked)
+    summary.update(policy_details(problem, best))
     front = getattr(setup.searcher, "pareto_front", None)  # multi-objective searchers (nsga2)
     if front:
         (out / "pareto.json").write_text(json.dumps(_jsonable(front), indent=2) + "\n")

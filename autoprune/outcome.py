@@ -1,0 +1,51 @@
+"""The end of a search: which candidate is returned, and what policy.json says about its costs.
+
+The searcher's best is not always the answer. With `--reconstruct-top K` the K best are refitted by
+least squares and re-ranked (autoprune.reconstruct); under a latency budget the best candidates are
+timed and the first that really meets it is kept (autoprune.verify), and a refitting run scores
+that pick refitted too.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from autoprune.problem import EvalResult, Problem
+from autoprune.verify import latency_budgets, verify_latency
+
+
+def final_pick(problem: Problem, setup, best: EvalResult, stage: Callable[[str], None]) -> tuple[EvalResult, dict]:
+    """(the returned candidate, policy.json entries saying how it was chosen)."""
+    cfg = setup.config
+    reranked, notes = None, {}
+    if cfg.reconstruct and cfg.reconstruct_top:
+        from autoprune.reconstruct import rerank
+
+        stage(f"refitting the {cfg.reconstruct_top} best candidates by least squares")
+        best, reranked = rerank(problem, cfg.reconstruct_top)
+    if cfg.verify_latency > 0 and latency_budgets(problem):
+        stage(f"timing up to {cfg.verify_latency} best candidates against the latency budget")
+        best, notes["latency_verification"] = verify_latency(problem, setup.bundle.model, top=cfg.verify_latency,
+                                                             batch=cfg.batch, device=setup.device, threads=cfg.threads)
+        if reranked is not None:  # its pick is scored as the others now are: refitted
+            from autoprune.reconstruct import rescore
+
+            best = rescore(problem, best)
+    notes["reconstruction"] = (None if not cfg.reconstruct else
+                               {"mode": f"top-{cfg.reconstruct_top}" if cfg.reconstruct_top else "every candidate",
+                                **({"reranked": reranked} if reranked else {})})
+    return best, notes
+
+
+def policy_details(problem: Problem, best: EvalResult) -> dict:
+    """Latency-table figures of the pick (with a latency budget), kept channels and data-aware channel orders."""
+    out = {}
+    if "latency_ms" in best.costs:  # the lookup table's prediction, next to the measurement
+        lut = problem.cost_models["latency_ms"]
+        out.update(predicted_latency_ms=best.costs["latency_ms"],
+                   base_predicted_latency_ms=problem.base_costs["latency_ms"],
+                   latency_floor_ms=lut.floor_ms, latency_table_check=lut.check)
+    if problem.space.kind == "channel":
+        out["kept_channels"] = {n: int(k) for n, k in zip(problem.space.names, problem.space.kept(best.ratios))}
+        if problem.channel_orders() is not None:  # a data-aware criterion: which channels go, for `apply`
+            out["channel_orders"] = {n: o.tolist() for n, o in zip(problem.space.names, problem.channel_orders())}
+    return out
