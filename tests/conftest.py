@@ -87,3 +87,23 @@ def cli_main(args: list[str], capsys, monkeypatch) -> tuple[int, str, str]:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+@pytest.fixture(scope="session")
+def shipped_resnet20_problem(fmnist_subset) -> Callable[..., Problem]:
+    """make(calib_batches) -> a 50%-FLOPs Problem of the shipped ResNet-20, scored on the Fashion-MNIST subset."""
+    import torch
+
+    from autoprune.data import load_data
+    from autoprune.evaluate import Evaluator
+
+    data = load_data(fmnist_subset, heldout_size=500)
+    model = build_model("resnet20", num_classes=10, in_channels=1, dataset="fashion-mnist").model.eval()
+    graph = build_graph(model, SHAPE, model_id="resnet20")
+    base = {"macs": graph.base_macs, "params": graph.base_params}
+
+    def make(calib_batches: int = 4) -> Problem:
+        evaluator = Evaluator(data.train, data.heldout, torch.device("cpu"), calib_batches=calib_batches)
+        return Problem(model, ChannelSpace(graph), [parse_budget("50%FLOPs", base)], evaluator)
+
+    return make

@@ -3,15 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
-from autoprune.budget import parse_budget
-from autoprune.data import load_data
-from autoprune.evaluate import Evaluator, wilson_upper
-from autoprune.graph import build_graph
+from autoprune.evaluate import wilson_upper
 from autoprune.problem import Problem
-from autoprune.search_spaces import ChannelSpace
-from autoprune.zoo import build_model
 
 from conftest import needs_fashion
 
@@ -19,15 +13,9 @@ pytestmark = needs_fashion
 
 
 @pytest.fixture(scope="module")
-def make_problem(fmnist_subset):
-    data = load_data(fmnist_subset, heldout_size=500)
-    model = build_model("resnet20", num_classes=10, in_channels=1, dataset="fashion-mnist").model.eval()
-    graph = build_graph(model, (1, 28, 28), model_id="resnet20")
-    base = {"macs": graph.base_macs, "params": graph.base_params}
-
+def make_problem(shipped_resnet20_problem):
     def make(fidelity: str) -> Problem:
-        evaluator = Evaluator(data.train, data.heldout, torch.device("cpu"), calib_batches=6)
-        problem = Problem(model, ChannelSpace(graph), [parse_budget("50%FLOPs", base)], evaluator)
+        problem = shipped_resnet20_problem(calib_batches=6)
         problem.fidelity = fidelity
         return problem
 

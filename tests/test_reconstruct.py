@@ -7,14 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from autoprune.budget import parse_budget
-from autoprune.data import load_data
-from autoprune.evaluate import Evaluator
-from autoprune.graph import build_graph
-from autoprune.problem import Problem
 from autoprune.reconstruct import kept_outputs, reconstruct
-from autoprune.search_spaces import ChannelSpace
-from autoprune.zoo import build_model
 
 from conftest import cli_main, needs_fashion
 
@@ -22,14 +15,8 @@ pytestmark = needs_fashion
 
 
 @pytest.fixture(scope="module")
-def shipped_problem(fmnist_subset):
-    data = load_data(fmnist_subset, heldout_size=500)
-    model = build_model("resnet20", num_classes=10, in_channels=1, dataset="fashion-mnist").model.eval()
-    graph = build_graph(model, (1, 28, 28), model_id="resnet20")
-    space = ChannelSpace(graph)
-    evaluator = Evaluator(data.train, data.heldout, torch.device("cpu"), calib_batches=4)
-    base = {"macs": graph.base_macs, "params": graph.base_params}
-    return Problem(model, space, [parse_budget("50%FLOPs", base)], evaluator)
+def shipped_problem(shipped_resnet20_problem):
+    return shipped_resnet20_problem(calib_batches=4)
 
 
 def test_reconstruction_brings_outputs_back_and_raises_accuracy(shipped_problem):
