@@ -35,3 +35,14 @@ class QuadraticAccuracy:
     def __call__(self, ratios: np.ndarray) -> dict:
         self.calls += 1
         return {"top1": float(1.0 - (self.s * ratios ** 2).sum())}
+
+
+def race(make_problem, entries) -> dict:
+    """Run each (name, searcher, evaluations) on a fresh problem from `make_problem()`: name -> problem."""
+    results = {}
+    for name, searcher, evals in entries:
+        problem = make_problem()
+        searcher.search(problem, evals, seed=0)
+        assert problem.n_evals == evals
+        results[name] = problem
+    return results
