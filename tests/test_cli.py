@@ -294,6 +294,19 @@ def test_finetune_raises_test_accuracy(run, env, tmp_path):
     assert (folder / "finetuned.pt").exists()
 
 
+def test_finetune_with_distillation_records_it(run, env, tmp_path, capsys, monkeypatch):
+    folder = tmp_path / run.name
+    shutil.copytree(run, folder)
+    result = _invoke("finetune", str(folder), "--epochs", "1", "--lr", "0.05", "--batch-size", "32", "--distill",
+                     "--temperature", "2")
+    assert result.exit_code == 0, result.output
+    meta = json.loads((folder / "policy.json").read_text())
+    assert meta["finetune_distill"] is True and meta["distill_temperature"] == 2.0
+    assert meta["finetuned_test_accuracy"] > meta["test_accuracy_before_finetune"]
+    code, _, err = _main(["finetune", str(folder), "--distill", "--distill-weight", "1.5"], capsys, monkeypatch)
+    _assert_one_line_error(code, err, None, "--distill-weight")
+
+
 def test_train_writes_weights_and_model_card(env, tmp_path):
     out = tmp_path / "w" / "resnet20-tiny.pt"
     result = _invoke("train", "resnet20", "--data", env["data"], "--epochs", "2", "--heldout", "300",
