@@ -62,7 +62,9 @@ class SearchConfig:
     finetune_epochs: int = 0
     distill: bool = False  # fine-tune with the unpruned model as teacher
     reconstruct: bool = False  # least-squares refit of the pruned layers (autoprune.reconstruct)
-    reconstruct_top: int = 0  # 0: refit every candidate; K: refit and re-rank the K best after the search
+    # K: refit and re-rank the K best after the search; 0: refit every candidate. Measured at 60 evaluations,
+    # 50% FLOPs: top-10 tested as well as every-candidate (ResNet-20 91.88 vs 91.83%) at ~70% of its time.
+    reconstruct_top: int = 10
     fidelity: str = "full"  # "auto": stop hopeless candidates after a low-fidelity first stage
     ignore: list[str] = field(default_factory=list)
     # The stem's outputs share a group with every residual add they feed (stage 1 of a ResNet): excluding the
