@@ -63,11 +63,8 @@ class MetaPruningSearch:
             load_checkpoint(self.reuse, problem.space.graph)
 
     def _pruningnet(self, problem, seed: int) -> PruningNet:
-        from autoprune.policy import removal_orders
-
         graph = problem.space.graph
-        orders = problem.channel_orders() or removal_orders(problem.model, graph, criterion=problem.criterion,
-                                                            seed=problem.seed)
+        orders = problem.removal_orders()
         state = None
         if self.reuse is not None:
             state = load_checkpoint(self.reuse, graph)
@@ -121,12 +118,11 @@ class MetaPruningSearch:
     def extras(self, out: Path, ratios: np.ndarray, problem, test) -> dict:
         """The winner with PruningNet-generated weights: physically pruned, BN recalibrated, scored, saved."""
         from autoprune.evaluate import accuracy
-        from autoprune.policy import apply_policy, removal_orders
+        from autoprune.policy import apply_policy
 
         kept = problem.space.kept(ratios)
-        orders = problem.channel_orders() or removal_orders(problem.model, problem.space.graph,
-                                                            criterion=problem.criterion, seed=problem.seed)
-        pruned = apply_policy(unmasked(self.pnet.materialize(kept)), problem.space.graph, kept, orders=orders)
+        pruned = apply_policy(unmasked(self.pnet.materialize(kept)), problem.space.graph, kept,
+                              orders=problem.removal_orders())
         heldout = problem.evaluator(pruned)["top1"]
         path = out / "pruned_pruningnet.pt"
         torch.save(pruned.cpu(), path)

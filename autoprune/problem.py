@@ -186,8 +186,8 @@ class Problem:
             return self.pool.score([ratios for ratios, _ in batch])
         if self.fidelity != "auto":
             return [self.score(ratios) for ratios, _ in batch]
-        out = []
-        top = self.best.reward if self.best is not None else None
+        out, best = [], self.best
+        top = best.reward if best is not None else None
         for ratios, costs in batch:
             acc, seconds = self.score(ratios, stop=lambda ucb, c=costs, t=top: t is not None and self.reward_fn(ucb, c) < t)
             if not acc.get("partial"):
@@ -242,26 +242,24 @@ class Problem:
         return self.space.apply(self.model, ratios, criterion=self.criterion, seed=self.seed, **extra)
 
     def channel_orders(self) -> list | None:
-        """Removal order per group for a data-aware criterion, scored once on training batches; else None."""
+        """Removal order per group for a data-aware criterion (scored once on training batches); else None."""
+        from autoprune.importance import DATA_CRITERIA
+
+        return self.removal_orders() if self.criterion in DATA_CRITERIA else None
+
+    def removal_orders(self) -> list:
+        """Every group's removal order under the run's criterion, computed once per run."""
         from autoprune.importance import DATA_CRITERIA, labelled_batches
         from autoprune.policy import removal_orders
 
-        if self.criterion not in DATA_CRITERIA:
-            return None
         if self._orders is None:
-            if self.train is None:
-                raise UserError(f"criterion '{self.criterion}' needs the training split (problem.train)")
+            batches = None
+            if self.criterion in DATA_CRITERIA:
+                if self.train is None:
+                    raise UserError(f"criterion '{self.criterion}' needs the training split (problem.train)")
+                batches = labelled_batches(self.train, seed=self.seed)
             self._orders = removal_orders(self.model, self.space.graph, criterion=self.criterion, seed=self.seed,
-                                          batches=labelled_batches(self.train, seed=self.seed))
-        return self._orders
-
-    def removal_orders(self) -> list:
-        """Every group's removal order under the run's criterion, computed once."""
-        from autoprune.policy import removal_orders
-
-        if self._orders is None:
-            self._orders = self.channel_orders() or removal_orders(self.model, self.space.graph,
-                                                                   criterion=self.criterion, seed=self.seed)
+                                          batches=batches)
         return self._orders
 
     def use_reconstruction(self, on: bool = True) -> None:
