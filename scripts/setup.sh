@@ -3,12 +3,18 @@
 # editable. `bash scripts/setup.sh dev` adds the test extra. Needs only python3, pip and apt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
 if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
-  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
-  $SUDO apt-get install -y -qq dataset-fashion-mnist
+  $SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null
 fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip
+# -qq: errors only (pip's warnings here are about this machine's package indexes, not about autoprune)
+.venv/bin/python -m pip install -qq --upgrade pip
 extra=""; [ "${1:-}" = "dev" ] && extra="[dev]"
-.venv/bin/python -m pip install -q -e ".${extra}"
+.venv/bin/python -m pip install -qq -e ".${extra}"
+if [ "${1:-}" = "dev" ]; then
+  echo "autoprune installed with the test extra: run .venv/bin/python -m pytest -q"
+else
+  echo "autoprune installed: run .venv/bin/autoprune search --budget 50%FLOPs resnet20"
+fi
