@@ -249,8 +249,8 @@ def apply(
 @app.command()
 def export(
     policy: Annotated[Path, typer.Argument(help="policy.json written by `autoprune search`.")],
-    out: Annotated[Path, typer.Option(help="Folder for nni_config_list.json, tp_pruning_ratio_dict.json and "
-                                      "the pruned model (.pt, .onnx).")],
+    out: Annotated[Path, typer.Option(help="Folder for nni_config_list.json, nni_masks.pt, "
+                                      "tp_pruning_ratio_dict.json and the pruned model (.pt, .onnx).")],
     weights: WeightsOpt = None,
     device: DeviceOpt = "auto",
 ) -> None:
@@ -265,7 +265,7 @@ def export(
     import torch
 
     files = write_exports(out, loaded.graph, loaded.policy, loaded.pruned.cpu(),
-                          torch.randn(1, *loaded.graph.input_shape))
+                          torch.randn(1, *loaded.graph.input_shape), base=loaded.base)
     for name, path in files.items():
         console.print(f"{name}: {path}")
 

@@ -6,6 +6,11 @@ Both NNI and Torch-Pruning turn a ratio into a channel count by *truncation* (NN
 (six-decimal rounding of 59/96) silently keeps one channel too many. Every ratio written here is
 therefore chosen -- within a few 1e-6 of the effective ratio ``1 - kept / n`` -- so that the
 target tool's own arithmetic lands on exactly the kept count autoprune measured and costed.
+
+A ratio fixes how many channels survive, not which: the tool's criterion chooses. Torch-Pruning
+with the policy's own criterion (`apply_tp_ratio_dict(..., policy=...)`) chooses autoprune's
+channels; NNI's pruners do not, so the exact channels go to NNI as masks (`autoprune.masks`,
+nni_masks.pt, for ``ModelSpeedup``). docs/exports.md says which file each tool reads.
 """
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ import json
 import logging
 import re
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -24,7 +29,9 @@ from torch import nn
 from autoprune.errors import UserError
 from autoprune.evaluate import set_layout
 from autoprune.graph import LAYER_TYPES, PruningGraph, channel_divisor
+from autoprune.importance import DATA_CRITERIA
 from autoprune.importance import importance as _importance
+from autoprune.masks import NNI_MASKS_FILE, nni_masks
 from autoprune.policy import Policy
 
 log = logging.getLogger(__name__)
@@ -104,8 +111,10 @@ def nni_config_list(graph: PruningGraph, policy: Policy, *, nni_version: int = 2
     ``op_names`` are the conv/linear layers whose *output* channels the group removes; coupled
     layers (residual adds, depthwise pairs) share one entry so that they get the same sparsity.
     NNI 2.x reads ``sparsity_per_layer``; NNI 3 renamed the key to ``sparse_ratio`` -- pick with
-    `nni_version`. NNI masks each layer by its own weight norms unless run dependency-aware, so
-    it removes the same *number* of channels but may pick different ones than Torch-Pruning.
+    `nni_version`. The counts are exact, the channels are NNI's choice: its pruners rank each layer
+    by its own weight norms (NNI 2.10's speedup then keeps the *union* of coupled layers' channels:
+    58.7% MACs instead of 50% on ResNet-20), or dependency-aware by a group score unlike autoprune's
+    (exact MACs, other channels). nni_masks.pt (`autoprune.masks`) carries autoprune's channels.
     """
     if nni_version not in (2, 3):
         raise UserError(f"nni_version must be 2 or 3, got {nni_version}")
@@ -150,24 +159,58 @@ def _last_layer(model: nn.Module, example_inputs: torch.Tensor) -> nn.Module:
     return seen[-1]
 
 
-def apply_tp_ratio_dict(model: nn.Module, example_inputs: torch.Tensor, ratio_dict: Mapping[str | nn.Module, float],
-                        *, importance: str | tp.importance.Importance = "l1",
-                        ignored_layers: Iterable[str | nn.Module] | None = None, seed: int = 0) -> nn.Module:
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"cannot read {what} {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} is not a {what} (a JSON object of module name -> ratio)")
+    return data
+
+
+def apply_tp_ratio_dict(model: nn.Module, example_inputs: torch.Tensor,
+                        ratio_dict: Mapping[str | nn.Module, float] | str | Path, *,
+                        policy: Policy | str | Path | None = None,
+                        importance: str | tp.importance.Importance | None = None,
+                        ignored_layers: Iterable[str | nn.Module] | None = None, seed: int | None = None) -> nn.Module:
     """Prune `model` in place with Torch-Pruning's own pruner, as a Torch-Pruning user would.
 
     This is the bridge for people who prune and fine-tune with Torch-Pruning: it runs
     ``tp.pruner.MetaPruner(pruning_ratio=0.0, pruning_ratio_dict=...)`` and one ``step()``, so
-    the dict (from `tp_ratio_dict`, possibly read back from JSON) yields exactly the kept channel
-    counts -- hence MACs and params -- of autoprune's `apply_policy`. Groups not in the dict keep
-    all channels (the global ratio is 0). `ignored_layers` (names or modules, e.g. the graph's
-    ``ignored`` list) defaults to the classifier, found as the last conv/linear layer to run, so
-    that its outputs -- the classes -- can never shrink. `importance` is a criterion name of
-    `autoprune.policy` ("l1", "l2", "bn-scale", "lamp", "fpgm", "random") or a tp importance.
+    the dict (from `tp_ratio_dict`, or the path of tp_pruning_ratio_dict.json) yields exactly the
+    kept channel counts -- hence MACs and params -- of autoprune's `apply_policy`. Which channels
+    survive is the importance criterion's choice, so the one-call path that rebuilds autoprune's
+    model exactly (same channels, same weights) names the run's policy.json::
+
+        apply_tp_ratio_dict(model, x, "run/tp_pruning_ratio_dict.json", policy="run/policy.json")
+
+    `importance` defaults to the policy's own criterion and `seed` to its seed (policy.json's
+    ``criterion`` / ``seed``; "l2" and 0, the search defaults, without a policy); a name of
+    `autoprune.importance` ("l1", "l2", "bn-scale", "lamp", "fpgm", "random") or a tp importance.
+    A data-aware criterion (taylor, hessian, activation) ranked channels with the run's training
+    batches, so no ratio dict reproduces them: use nni_masks.pt (`autoprune.masks`) or pruned.pt.
+    Groups not in the dict keep all channels (the global ratio is 0). `ignored_layers` (names or
+    modules, e.g. the graph's ``ignored`` list) defaults to the classifier, found as the last
+    conv/linear layer to run, so that its outputs -- the classes -- can never shrink.
 
     Raises UserError when the dict names unknown modules, holds ratios outside [0, 1), or when a
     named layer did not end at the expected width (it sits in an ignored group, or two entries of
     one coupled group disagree).
     """
+    if isinstance(ratio_dict, (str, Path)):
+        ratio_dict = _read_json(Path(ratio_dict), "pruning_ratio_dict")
+    if isinstance(policy, (str, Path)):
+        policy = Policy.load(Path(policy))
+    meta = policy.meta if policy is not None else {}
+    if seed is None:
+        seed = int(meta.get("seed", 0))
+    if importance is None:
+        importance = meta.get("criterion", "l2")
+    if isinstance(importance, str) and importance in DATA_CRITERIA:
+        raise UserError(f"criterion '{importance}' ranked channels with the run's training batches: a ratio dict "
+                        "cannot reproduce them; rebuild from nni_masks.pt or load pruned.pt (or pass a Torch-Pruning "
+                        "importance object to choose channels anew)")
     modules = dict(model.named_modules())
 
     def resolve(item: str | nn.Module, what: str) -> nn.Module:
@@ -223,8 +266,12 @@ def _onnx_export(model: nn.Module, example_input: torch.Tensor, path: Path) -> l
     import onnx
 
     inline = sum(p.numel() * p.element_size() for p in model.parameters()) < _ONNX_INLINE_BYTES
-    attempts = [("torchscript", dict(dynamo=False)),
-                ("dynamo", dict(dynamo=True, external_data=not inline, verbose=False))]
+    # Dim 0 of the input and the output is the batch, left symbolic: deployment runs batches of any
+    # size, and a file fixed at the example's batch is refused by onnxruntime at any other.
+    batch = torch.export.Dim("batch")
+    attempts = [("torchscript", dict(dynamo=False, dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})),
+                ("dynamo", dict(dynamo=True, external_data=not inline, verbose=False,
+                                dynamic_shapes=({0: batch},)))]
     errors = []
     for label, kwargs in attempts:
         for leftover in (path, path.with_name(path.name + ".data")):
@@ -232,7 +279,10 @@ def _onnx_export(model: nn.Module, example_input: torch.Tensor, path: Path) -> l
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                torch.onnx.export(model, (example_input,), str(path), input_names=["input"],
+                # torch.export specialises a dimension of size 1: the dynamo exporter traces a batch of 2
+                example = (example_input if label == "torchscript"
+                           else example_input[:1].expand(2, *example_input.shape[1:]))
+                torch.onnx.export(model, (example,), str(path), input_names=["input"],
                                   output_names=["output"], **kwargs)
             onnx.checker.check_model(str(path))  # a path, so external data and >2 GiB files work
         except Exception as exc:  # exporters fail in many types
@@ -254,9 +304,10 @@ def save_pruned_model(model: nn.Module, out_dir: Path, example_input: torch.Tens
 
     A pruned model no longer matches its class's constructor, so a state_dict alone cannot be
     loaded back: the whole module is pickled (load with ``torch.load(path, weights_only=False)``,
-    where the model's class is importable). The ONNX graph has the example's fixed batch size.
-    ONNX is for deployment runtimes; if neither exporter manages the model, a traced TorchScript
-    file is written instead and a warning logged. Returns {"pt", "onnx" [, "onnx_data"] | "torchscript"}.
+    where the model's class is importable). The ONNX graph's input "input" and output "output"
+    have a symbolic batch dimension ("batch"): any batch size runs. ONNX is for deployment runtimes;
+    if neither exporter manages the model, a traced TorchScript file is written instead and a
+    warning logged. Returns {"pt", "onnx" [, "onnx_data"] | "torchscript"}.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -283,11 +334,15 @@ def save_pruned_model(model: nn.Module, out_dir: Path, example_input: torch.Tens
 
 
 def write_exports(out_dir: Path, graph: PruningGraph, policy: Policy, model: nn.Module | None = None,
-                  example_input: torch.Tensor | None = None, *, nni_version: int = 2) -> dict[str, Path]:
+                  example_input: torch.Tensor | None = None, *, nni_version: int = 2, base: nn.Module | None = None,
+                  orders: Sequence[torch.Tensor] | None = None) -> dict[str, Path]:
     """Write every export of a policy into `out_dir`; with a pruned `model`, its model files too.
 
     The JSON files hold module names, so they apply to any fresh instance of the same
-    architecture: `apply_tp_ratio_dict` re-applies the Torch-Pruning one.
+    architecture: `apply_tp_ratio_dict` re-applies the Torch-Pruning one. With the unpruned `base`
+    model the policy was searched on, nni_masks.pt too (`autoprune.masks.nni_masks`: the exact
+    channels, for NNI's ``ModelSpeedup``); `orders` are the run's removal orders where its
+    criterion is data-aware (default: policy.json's ``channel_orders``).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -295,6 +350,9 @@ def write_exports(out_dir: Path, graph: PruningGraph, policy: Policy, model: nn.
     paths["nni_config_list"].write_text(
         json.dumps(nni_config_list(graph, policy, nni_version=nni_version), indent=2) + "\n")
     paths["tp_pruning_ratio_dict"].write_text(json.dumps(tp_ratio_dict(graph, policy), indent=2) + "\n")
+    if base is not None:
+        paths["nni_masks"] = out_dir / NNI_MASKS_FILE
+        torch.save(nni_masks(base, graph, policy, orders=orders), paths["nni_masks"])
     if model is not None:
         if example_input is None:
             example_input = torch.randn(1, *graph.input_shape)

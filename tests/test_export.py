@@ -7,6 +7,7 @@ import logging
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
 from torch import nn
@@ -16,7 +17,8 @@ from autoprune.errors import UserError
 from autoprune.export import (apply_tp_ratio_dict, nni_config_list, nni_ratio, save_pruned_model, tp_ratio,
                               tp_ratio_dict, write_exports)
 from autoprune.graph import build_graph
-from autoprune.policy import Policy
+from autoprune.masks import NNI_MASKS_FILE, apply_masks, nni_masks
+from autoprune.policy import Policy, apply_policy
 from autoprune.search_spaces import ChannelSpace
 from autoprune.zoo import build_model
 
@@ -49,10 +51,13 @@ def mobilenet():
     return _setup("mobilenetv2")
 
 
-def _policy(space: ChannelSpace, seed: int) -> tuple[np.ndarray, Policy]:
-    ratios = space.snap(np.random.default_rng(seed).uniform(0, 0.8, space.size))
-    ratios[seed % space.size] = 0.0  # one group left whole: it must be absent from the exports
-    return ratios, Policy.from_vector(space.graph, ratios)
+def _policy(space: ChannelSpace, draw: int, **meta) -> tuple[np.ndarray, Policy]:
+    """Random ratios (draw `draw`); `meta` as policy.json would hold it (criterion, seed, channel_orders)."""
+    ratios = space.snap(np.random.default_rng(draw).uniform(0, 0.8, space.size))
+    ratios[draw % space.size] = 0.0  # one group left whole: it must be absent from the exports
+    policy = Policy.from_vector(space.graph, ratios)
+    policy.meta.update(meta)
+    return ratios, policy
 
 
 def test_ratios_survive_the_tools_truncation():
@@ -164,6 +169,127 @@ def test_write_exports_and_model_files(resnet, tmp_path):
 
     json_only = write_exports(tmp_path / "policy_only", graph, policy)
     assert set(json_only) == {"nni_config_list", "tp_pruning_ratio_dict"}
+    with_base = write_exports(tmp_path / "with_base", graph, policy, base=model)
+    assert set(with_base) == {"nni_config_list", "tp_pruning_ratio_dict", "nni_masks"}
+    assert with_base["nni_masks"].name == NNI_MASKS_FILE
+
+
+def _uneven_bn(model: nn.Module) -> nn.Module:
+    """BN statistics and shifts away from 0/1, so that a removed channel left non-zero would show in the outputs."""
+    gen = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.rand(m.num_features, generator=gen) - 0.5)
+            m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+            m.bias.data.copy_(torch.rand(m.num_features, generator=gen) - 0.5)
+    return model
+
+
+@pytest.mark.parametrize("fixture,criterion", [("resnet", "l2"), ("resnet", "l1"), ("mobilenet", "l2")])
+def test_nni_masks_keep_exactly_the_policy_channels(fixture, criterion, request, tmp_path):
+    model, graph, space = request.getfixturevalue(fixture)
+    base = _uneven_bn(copy.deepcopy(model))
+    ratios, policy = _policy(space, 2, criterion=criterion, seed=0)
+    kept = space.kept(ratios)
+    write_exports(tmp_path, graph, policy, base=base)
+    masks = torch.load(tmp_path / NNI_MASKS_FILE)  # plain tensors: loads with weights_only
+    modules = dict(base.named_modules())
+    # NNI 2.x's format: {name: {"weight": mask, "bias": mask}} of the parameters' shapes, 0/1, bias only if present
+    for name, entry in masks.items():
+        m = modules[name]
+        assert isinstance(m, (nn.Conv2d, nn.Linear, nn.BatchNorm2d))
+        assert set(entry) == {"weight"} | ({"bias"} if m.bias is not None else set())
+        for pname, mask in entry.items():
+            assert mask.shape == getattr(m, pname).shape and mask.dtype == torch.float32
+            assert set(mask.unique().tolist()) == {0.0, 1.0}
+            rows = mask.flatten(1).amin(1) if mask.dim() > 1 else mask
+            assert torch.equal(mask, rows.view(-1, *[1] * (mask.dim() - 1)).expand_as(mask))  # whole channels
+    # Every layer whose outputs a pruned group removes, each keeping the group's count; nothing else
+    pruned_groups = [g for g in graph.groups if kept[g.index] < g.channels]
+    for g in pruned_groups:
+        for layer in g.layers:
+            assert int(masks[layer]["weight"].flatten(1)[:, 0].sum()) == kept[g.index]
+    assert not {g.layers[0] for g in graph.groups if kept[g.index] == g.channels} & set(masks)
+    # Exactly the channels apply_policy kept: its batch norms hold the kept rows of the base's statistics
+    ours = apply_policy(base, graph, kept, criterion=criterion)
+    ours_modules = dict(ours.named_modules())
+    bns = [n for n in masks if isinstance(modules[n], nn.BatchNorm2d)]
+    assert bns
+    for name in bns:
+        keep = masks[name]["weight"].bool()
+        assert torch.equal(ours_modules[name].running_mean, modules[name].running_mean[keep])
+    # Zeroing the masked channels of the unpruned model computes what the pruned model computes
+    masked = apply_masks(copy.deepcopy(base), masks)
+    x = torch.randn(4, *SHAPE)
+    with torch.no_grad():
+        assert torch.allclose(masked(x), ours(x), atol=1e-5)
+        assert not torch.allclose(base(x), ours(x), atol=1e-3)  # the masks did something
+
+
+def test_nni_masks_follow_the_runs_channel_orders(resnet):
+    """Data-aware criteria: the orders policy.json records decide, not any weight ranking."""
+    model, graph, space = resnet
+    base = _uneven_bn(copy.deepcopy(model))
+    gen = torch.Generator().manual_seed(3)
+    orders = [torch.randperm(g.channels, generator=gen) for g in graph.groups]
+    ratios, policy = _policy(space, 4, criterion="taylor", seed=0,
+                             channel_orders={g.name: o.tolist() for g, o in zip(graph.groups, orders)})
+    ours = apply_policy(base, graph, space.kept(ratios), criterion="taylor", orders=orders)
+    masked = apply_masks(copy.deepcopy(base), nni_masks(base, graph, policy))
+    x = torch.randn(2, *SHAPE)
+    with torch.no_grad():
+        assert torch.allclose(masked(x), ours(x), atol=1e-5)
+    del policy.meta["channel_orders"]
+    with pytest.raises(UserError, match="channel_orders"):
+        nni_masks(base, graph, policy)
+    with pytest.raises(UserError, match="masks name no module"):
+        apply_masks(copy.deepcopy(base), {"layer9.conv": {"weight": torch.ones(1)}})
+
+
+@pytest.mark.parametrize("criterion", ["l2", "l1"])
+def test_tp_ratio_dict_with_the_policy_file_rebuilds_its_model(criterion, resnet, tmp_path):
+    """The documented one call: the default importance is policy.json's criterion, so the same channels survive."""
+    model, graph, space = resnet
+    x = torch.randn(2, *SHAPE)
+    ratios, policy = _policy(space, 7, criterion=criterion, seed=0)
+    policy.save(tmp_path / "policy.json")
+    write_exports(tmp_path, graph, policy)
+    theirs = apply_tp_ratio_dict(copy.deepcopy(model), x[:1], tmp_path / "tp_pruning_ratio_dict.json",
+                                 policy=tmp_path / "policy.json")
+    ours = space.apply(model, ratios, criterion=criterion)
+    other = apply_tp_ratio_dict(copy.deepcopy(model), x[:1], tmp_path / "tp_pruning_ratio_dict.json",
+                                importance="l1" if criterion == "l2" else "l2")
+    assert tp.utils.count_ops_and_params(theirs, x[:1])[0] == graph.macs(space.kept(ratios))
+    with torch.no_grad():
+        assert torch.allclose(theirs(x), ours(x), atol=1e-5)
+        assert not torch.allclose(other(x), ours(x), atol=1e-3)  # the criterion matters: other channels
+    if criterion == "l2":  # without a policy the default is the search's default criterion, l2
+        plain = apply_tp_ratio_dict(copy.deepcopy(model), x[:1], tp_ratio_dict(graph, policy))
+        with torch.no_grad():
+            assert torch.allclose(plain(x), ours(x), atol=1e-5)
+
+
+def test_tp_ratio_dict_refuses_a_data_aware_policy(resnet):
+    model, graph, space = resnet
+    _, policy = _policy(space, 8, criterion="taylor")
+    with pytest.raises(UserError, match="nni_masks.pt"):
+        apply_tp_ratio_dict(copy.deepcopy(model), torch.randn(1, *SHAPE), tp_ratio_dict(graph, policy), policy=policy)
+
+
+def test_onnx_file_runs_any_batch_with_the_modules_logits(resnet, tmp_path):
+    model, graph, space = resnet
+    ratios, _ = _policy(space, 9)
+    pruned = space.apply(model, ratios)
+    paths = save_pruned_model(pruned, tmp_path, torch.randn(1, *SHAPE))  # traced at batch 1
+    session = ort.InferenceSession(str(paths["onnx"]), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape[0] == "batch" and session.get_outputs()[0].shape[0] == "batch"
+    for n in (4, 1):
+        x = torch.randn(n, *SHAPE)
+        (logits,) = session.run(None, {"input": x.numpy()})
+        with torch.no_grad():
+            ref = pruned(x).numpy()
+        assert logits.shape == (n, 10)
+        assert np.abs(logits - ref).max() < 1e-4
 
 
 
