@@ -17,11 +17,15 @@ class UniformSearch:
     name = "uniform"
 
     def search(self, problem, n_evals: int, *, seed: int) -> None:
-        problem.evaluate(_uniform(problem))
+        problem.evaluate(uniform_ratios(problem))
 
 
-def _uniform(problem) -> np.ndarray:
-    """Bisect one ratio u (capped per group at its max) to the least pruning meeting the budget."""
+def uniform_ratios(problem) -> np.ndarray:
+    """Bisect one ratio u (capped per group at its max) to the least pruning meeting the budget.
+
+    Public because the report sets every search's result beside this reference (autoprune.outcome):
+    it only asks the cost models, never the evaluator, so it costs no evaluation.
+    """
     maxr = problem.space.max_ratios
     lo, hi = 0.0, 1.0
     for _ in range(40):

@@ -7,10 +7,13 @@ that pick refitted too.
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 from autoprune.problem import EvalResult, Problem
 from autoprune.verify import latency_budgets, verify_latency
+
+log = logging.getLogger(__name__)
 
 
 def final_pick(problem: Problem, setup, best: EvalResult, stage: Callable[[str], None]) -> tuple[EvalResult, dict]:
@@ -37,7 +40,11 @@ def final_pick(problem: Problem, setup, best: EvalResult, stage: Callable[[str],
 
 
 def policy_details(problem: Problem, best: EvalResult) -> dict:
-    """Latency-table figures of the pick (with a latency budget), kept channels and data-aware channel orders."""
+    """Latency-table figures of the pick (with a latency budget), kept channels and data-aware channel orders.
+
+    Also the kept channels of uniform pruning at the same budget (the `uniform` searcher's bisection on
+    the cost models, no evaluation), which the report draws beside the pick's.
+    """
     out = {}
     if "latency_ms" in best.costs:  # the lookup table's prediction, next to the measurement
         lut = problem.cost_models["latency_ms"]
@@ -46,6 +53,25 @@ def policy_details(problem: Problem, best: EvalResult) -> dict:
                    latency_floor_ms=lut.floor_ms, latency_table_check=lut.check)
     if problem.space.kind == "channel":
         out["kept_channels"] = {n: int(k) for n, k in zip(problem.space.names, problem.space.kept(best.ratios))}
+        out["group_channels"] = {n: int(c) for n, c in zip(problem.space.names, problem.space.channels)}
+        out.update(uniform_reference(problem))
         if problem.channel_orders() is not None:  # a data-aware criterion: which channels go, for `apply`
             out["channel_orders"] = {n: o.tolist() for n, o in zip(problem.space.names, problem.channel_orders())}
     return out
+
+
+def uniform_reference(problem: Problem) -> dict:
+    """`uniform_kept_channels` (and its MACs) of one ratio for all groups that just meets the budgets.
+
+    A reference drawing must not fail a finished search: a failure is logged and the entry left out.
+    """
+    from autoprune.agents.baselines import uniform_ratios
+
+    try:
+        ratios = uniform_ratios(problem)
+        costs = problem.costs(problem.space.snap(ratios))
+        return {"uniform_kept_channels": {n: int(k) for n, k in zip(problem.space.names, problem.space.kept(ratios))},
+                "uniform_macs": float(costs["macs"])}
+    except Exception:  # noqa: BLE001 - see the docstring
+        log.warning("could not compute the uniform-pruning reference for the report", exc_info=True)
+        return {}
