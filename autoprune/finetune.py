@@ -39,7 +39,8 @@ def finetune_run(run: Path, epochs: int, *, lr: float = 0.01, batch_size: int = 
               **({"distill_temperature": temperature, "distill_weight": distill_weight} if distill else {}),
               "test_accuracy_before_finetune": before,
               "finetuned_test_accuracy": after,
-              "finetuned_heldout_accuracy": history[-1]["heldout_accuracy"] if history else None}
+              "finetuned_heldout_accuracy": history[-1]["heldout_accuracy"] if history else None,
+              "finetune_history": history}
     meta = json.loads((run / "policy.json").read_text())
     meta.update(result)
     (run / "policy.json").write_text(json.dumps(meta, indent=2) + "\n")
