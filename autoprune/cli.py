@@ -365,6 +365,18 @@ def sweep(
         raise typer.Exit(1)
 
 
+@app.command()
+def report(
+    path: Annotated[Path, typer.Argument(help="Run folder of `autoprune search` (policy.json and its study) or "
+                                         "sweep folder of `autoprune sweep` (sweep_results.json, runs/).")],
+    out: Annotated[Path | None, typer.Option(help="Where to write the page. Default: PATH/report.html.")] = None,
+) -> None:
+    """Write report.html of a run or sweep: summary table and plots in one page that opens offline."""
+    from autoprune.report import write_report
+
+    typer.echo(str(write_report(path, out)))
+
+
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -21,7 +21,6 @@ import logging
 import math
 import os
 import re
-import statistics
 import time
 import types
 import typing
@@ -31,10 +30,12 @@ from pathlib import Path
 import yaml
 
 from autoprune.errors import UserError
+# The result tables (sweep_results.json/.md) live with the report, which draws them too.
+from autoprune.report_sweep import RESULTS_JSON, RESULTS_MD, collect, write_results  # noqa: F401
 
 log = logging.getLogger(__name__)
 
-RESULTS_JSON, RESULTS_MD, SPEC_FILE = "sweep_results.json", "sweep_results.md", "sweep.yaml"
+SPEC_FILE = "sweep.yaml"
 EXPERIMENT = "ray"  # Ray's experiment folder inside the sweep folder
 
 # What the grid is made of: the plural of a SearchConfig field, a list in the sweep file.
@@ -460,91 +461,3 @@ def _error_line(error: BaseException) -> str:
     if isinstance(cause, UserError):
         return text[0] if text else "error"
     return f"{type(cause).__name__}: {line}"[:300]
-
-
-# ---------------------------------------------------------------------------------------------
-# Results: one row per trial, read back from its policy.json; failures with their error
-
-
-ROW_KEYS = ("model", "budgets", "agent", "seed", "status", "heldout_accuracy", "test_accuracy",
-            "base_heldout_accuracy", "base_test_accuracy", "macs_pct", "params_pct", "evaluations",
-            "search_seconds", "policy", "error")
-
-
-def collect(out: Path, trials: list[dict], errors: dict[str, str]) -> dict:
-    rows = []
-    for t in trials:
-        c = t["config"]
-        row = {"model": c["model"], "budgets": ", ".join(c["budgets"]), "agent": c["agent"], "seed": c["seed"]}
-        policy = out / "runs" / t["name"] / "policy.json"
-        if policy.exists():
-            s = json.loads(policy.read_text())
-            row.update(status="ok", heldout_accuracy=s["heldout_accuracy"], test_accuracy=s["test_accuracy"],
-                       base_heldout_accuracy=s["base_heldout_accuracy"], base_test_accuracy=s["base_test_accuracy"],
-                       macs_pct=round(100 * s["macs"] / s["base_macs"], 2),
-                       params_pct=round(100 * s["params"] / s["base_params"], 2),
-                       evaluations=s["evaluations"], search_seconds=s["search_seconds"],
-                       policy=str(policy.relative_to(out)), error=None)
-        else:
-            row.update({k: None for k in ROW_KEYS if k not in row})
-            row.update(status="error" if t["name"] in errors else "not run",
-                       error=errors.get(t["name"], "no result (interrupted?): run again with --resume"))
-        rows.append(row)
-    return {"sweep": str(out), "trials": len(rows), "ok": sum(r["status"] == "ok" for r in rows),
-            "failed": sum(r["status"] != "ok" for r in rows), "rows": rows, "groups": aggregate(rows)}
-
-
-def aggregate(rows: list[dict]) -> list[dict]:
-    """Agent × model × budget over seeds: the comparison the sweep is for."""
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        groups.setdefault((r["model"], r["budgets"], r["agent"]), []).append(r)
-    out = []
-    for (model, budgets, agent), rs in groups.items():
-        ok = [r for r in rs if r["status"] == "ok"]
-
-        def mean(key: str) -> float | None:
-            return round(statistics.fmean(r[key] for r in ok), 4) if ok else None
-
-        out.append({"model": model, "budgets": budgets, "agent": agent, "seeds": len(rs), "ok": len(ok),
-                    "heldout_accuracy_mean": mean("heldout_accuracy"),
-                    "heldout_accuracy_best": max((r["heldout_accuracy"] for r in ok), default=None),
-                    "test_accuracy_mean": mean("test_accuracy"), "macs_pct_mean": mean("macs_pct"),
-                    "evaluations_mean": mean("evaluations"), "search_seconds_mean": mean("search_seconds")})
-    return out
-
-
-def write_results(out: Path, results: dict) -> None:
-    (out / RESULTS_JSON).write_text(json.dumps(results, indent=2) + "\n")
-    (out / RESULTS_MD).write_text(markdown(results))
-
-
-def _fmt(v, pct: bool = False) -> str:
-    if v is None:
-        return "–"
-    if pct:
-        return f"{100 * v:.2f}"
-    return f"{v:g}" if isinstance(v, float) else str(v)
-
-
-def markdown(results: dict) -> str:
-    lines = [f"# Sweep {results['sweep']}", "",
-             f"{results['trials']} trials: {results['ok']} finished, {results['failed']} failed or not run. "
-             "Accuracies in %; MACs in % of the unpruned model; time is search time in seconds.", "",
-             "## Agent × model × budget (mean over seeds)", "",
-             "| model | budget | agent | seeds ok | held-out mean | held-out best | test mean | MACs % | evaluations | time s |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for g in results["groups"]:
-        lines.append(f"| {g['model']} | {g['budgets']} | {g['agent']} | {g['ok']}/{g['seeds']} | "
-                     f"{_fmt(g['heldout_accuracy_mean'], True)} | {_fmt(g['heldout_accuracy_best'], True)} | "
-                     f"{_fmt(g['test_accuracy_mean'], True)} | {_fmt(g['macs_pct_mean'])} | "
-                     f"{_fmt(g['evaluations_mean'])} | {_fmt(g['search_seconds_mean'])} |")
-    lines += ["", "## Trials", "",
-              "| model | budget | agent | seed | status | held-out | test | MACs % | params % | evaluations | time s | policy / error |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in results["rows"]:
-        last = r["policy"] if r["status"] == "ok" else (r["error"] or "").replace("|", "\\|")
-        lines.append(f"| {r['model']} | {r['budgets']} | {r['agent']} | {r['seed']} | {r['status']} | "
-                     f"{_fmt(r['heldout_accuracy'], True)} | {_fmt(r['test_accuracy'], True)} | {_fmt(r['macs_pct'])} | "
-                     f"{_fmt(r['params_pct'])} | {_fmt(r['evaluations'])} | {_fmt(r['search_seconds'])} | {last} |")
-    return "\n".join(lines) + "\n"

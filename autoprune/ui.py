@@ -10,6 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from autoprune.budget import human
+from autoprune.report import speedup  # one wording for the console and the report
 from autoprune.search import SearchConfig, execute_search, prepare_search
 
 
@@ -44,12 +45,6 @@ def run_search_with_progress(cfg: SearchConfig, console: Console) -> dict:
     for name, path in summary["files"].items():
         console.print(f"  {name}: {path}")
     return summary
-
-
-def speedup(base_ms: float, pruned_ms: float) -> str:
-    """'1.25x faster', or '1.29x slower' when pruning made it slower (it can: see gpu_checks-h200.md)."""
-    ratio = base_ms / pruned_ms
-    return f"{ratio:.2f}x faster" if ratio >= 1 else f"{1 / ratio:.2f}x slower"
 
 
 def summary_table(s: dict) -> Table:
