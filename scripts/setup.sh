@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Fresh-machine setup: Fashion-MNIST from Debian (if missing), a virtualenv in .venv, autoprune installed
-# editable. `bash scripts/setup.sh dev` adds the test extra. Needs only python3, pip and apt.
+# editable. `bash scripts/setup.sh dev` adds the test extra and Debian's chromium (the report's browser test).
+# Needs only python3, pip and apt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
@@ -13,6 +14,10 @@ fi
 .venv/bin/python -m pip install -qq --upgrade pip
 extra=""; [ "${1:-}" = "dev" ] && extra="[dev]"
 .venv/bin/python -m pip install -qq -e ".${extra}"
+if [ "${1:-}" = "dev" ] && ! command -v chromium >/dev/null; then  # the report's browser test (tests/test_report.py)
+  { $SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+    || echo "setup: chromium could not be installed; tests/test_report.py skips its browser test" >&2
+fi
 if [ "${1:-}" = "dev" ]; then
   echo "autoprune installed with the test extra: run .venv/bin/python -m pytest -q"
 else
