@@ -127,4 +127,4 @@ class MetaPruningSearch:
         path = out / "pruned_pruningnet.pt"
         torch.save(pruned.cpu(), path)
         return {**self.report, "heldout_accuracy": heldout, "file": str(path),
-                "test_accuracy": accuracy(pruned, test, problem.evaluator.device)["top1"]}
+                "test_accuracy": None if test is None else accuracy(pruned, test, problem.evaluator.device)["top1"]}

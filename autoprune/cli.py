@@ -161,7 +161,7 @@ def search(
 ) -> None:
     """Search per-group prune ratios that keep the most held-out accuracy within the budget(s)."""
     from autoprune import agents as registry
-    from autoprune.search import SearchConfig
+    from autoprune.search_job import SearchConfig
     from autoprune.ui import run_search_with_progress
 
     if agent not in registry.names():
@@ -234,7 +234,7 @@ def apply(
     device: DeviceOpt = "auto",
 ) -> None:
     """Rebuild the physically pruned model from a policy file and its base model."""
-    from autoprune.apply import load_run_model
+    from autoprune.rebuild import load_run_model
 
     if out.exists():
         raise UserError(f"{out} already exists: choose another --out")
@@ -255,7 +255,7 @@ def export(
     device: DeviceOpt = "auto",
 ) -> None:
     """Write a policy in the formats NNI and Torch-Pruning read, plus the pruned model files."""
-    from autoprune.apply import load_run_model
+    from autoprune.rebuild import load_run_model
     from autoprune.export import write_exports
 
     if out.exists() and any(out.iterdir()):

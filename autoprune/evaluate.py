@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.data import Dataset, Subset
 
 from autoprune.data import CALIB_BATCH, TensorSplit, batches
+from autoprune.errors import UserError, one_line
 
 EVAL_BATCH = 500
 
@@ -154,6 +155,38 @@ class Evaluator:
             return part | {"partial": True, "images": n}
         recalibrate_bn(model, self.calib[k:], self.device, reset=False)
         return accuracy(model, self.heldout, self.device)
+
+
+class FunctionEvaluator(Evaluator):
+    """Adaptive BN on fixed calibration batches, then the user's own `score(model) -> float` (the Python API's
+    `evaluate=`): a metric of their task in [0, 1], higher is better, computed however they like."""
+
+    def __init__(self, train: Dataset, score: Callable[[nn.Module], float], device: torch.device, *,
+                 calib_batches: int = 20, calib_batch_size: int = CALIB_BATCH, seed: int = 0) -> None:
+        self.heldout, self.device, self.score = None, device, score
+        self.calib = calibration_batches(train, calib_batches, calib_batch_size, seed)
+
+    def __call__(self, model: nn.Module, split: Dataset | None = None, recalibrate: bool = True) -> dict:
+        if split is not None:  # a labelled split (the test set, when given): plain top-1
+            return super().__call__(model, split, recalibrate)
+        model.to(self.device)
+        if recalibrate:
+            recalibrate_bn(model, self.calib, self.device)
+        model.eval()
+        try:
+            value = self.score(model)
+        except Exception as exc:  # the user's own code: one line, chained to the original for a debugger
+            raise UserError(f"your evaluate function failed: {one_line(exc)}") from exc
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise UserError(f"your evaluate function returned {type(value).__name__}, not a number") from None
+        if not 0.0 <= value <= 1.0:
+            raise UserError(f"your evaluate function returned {value}: scores must lie in [0, 1] (higher is better)")
+        return {"top1": value}
+
+    def staged(self, model: nn.Module, stop: Callable[[float], bool]) -> dict:
+        return self(model)  # no held-out images to slice: always the full score
 
 
 FIDELITY_IMAGES = 200  # the low-fidelity slice: at least this many held-out images (or a fifth of them)

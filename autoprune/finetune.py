@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from autoprune.apply import load_run_model
+from autoprune.rebuild import LoadedRun, load_run_model
 from autoprune.device import resolve_device
 from autoprune.errors import UserError
 from autoprune.evaluate import accuracy
@@ -20,20 +20,25 @@ from autoprune.train import TrainConfig, train
 
 def finetune_run(run: Path, epochs: int, *, lr: float = 0.01, batch_size: int = 128, seed: int = 0,
                  device: str = "auto", on_epoch=None, distill: bool = False, temperature: float = 4.0,
-                 distill_weight: float = 0.5) -> dict:
-    """Fine-tune RUN/policy.json's pruned model; writes RUN/finetuned.pt and updates policy.json."""
+                 distill_weight: float = 0.5, loaded: LoadedRun | None = None) -> dict:
+    """Fine-tune RUN/policy.json's pruned model; writes RUN/finetuned.pt and updates policy.json.
+
+    `loaded`: the base and pruned model and data already in memory (a Python API run, whose model and data
+    may exist only as objects); by default they are rebuilt from policy.json.
+    """
     if epochs < 1:
         raise UserError("--epochs must be at least 1")
     if temperature <= 0 or not 0.0 <= distill_weight <= 1.0:
         raise UserError("--temperature must be positive and --distill-weight in [0, 1]")
     dev = resolve_device(device)
-    loaded = load_run_model(run / "policy.json", device=device)
+    loaded = loaded or load_run_model(run / "policy.json", device=device)
     pruned, data = loaded.pruned, loaded.data
-    before = accuracy(pruned.to(dev), data.test, dev)["top1"]
+    test = (lambda: None) if data.test is None else (lambda: accuracy(pruned.to(dev), data.test, dev)["top1"])
+    before = test()
     cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, schedule="cosine", seed=seed,
                       teacher=loaded.base if distill else None, temperature=temperature, distill_weight=distill_weight)
     history = train(pruned, data, cfg, dev, on_epoch)
-    after = accuracy(pruned, data.test, dev)["top1"]
+    after = test()
     torch.save(pruned.cpu(), run / "finetuned.pt")
     result = {"finetune_epochs": epochs, "finetune_lr": lr, "finetune_distill": distill,
               **({"distill_temperature": temperature, "distill_weight": distill_weight} if distill else {}),

@@ -103,7 +103,7 @@ def train(model: nn.Module, data: DataBundle, cfg: TrainConfig, device: torch.de
             loss_sum += loss.item() * len(y)
             n += len(y)
         row = {"epoch": epoch + 1, "loss": loss_sum / max(n, 1),
-               "heldout_accuracy": accuracy(model, data.heldout, device)["top1"],
+               "heldout_accuracy": None if data.heldout is None else accuracy(model, data.heldout, device)["top1"],
                "seconds": time.perf_counter() - start}
         log.info("epoch %d: %s", epoch + 1, row)
         history.append(row)

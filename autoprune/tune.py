@@ -178,7 +178,7 @@ def parse_sweep(text: str, source: str = "sweep file") -> SweepSpec:
 
 def _shared_fields() -> dict[str, object]:
     """SearchConfig fields a sweep file may set for every trial, with their types."""
-    from autoprune.search import SearchConfig
+    from autoprune.search_job import SearchConfig
 
     hints = typing.get_type_hints(SearchConfig)
     special = {"budgets", "evals", "weights", "agent_options"}  # grid keys, or one value per model / agent
@@ -314,7 +314,7 @@ def _is_path(hint) -> bool:
 
 def _search_config(fields: dict, **extra):
     """A SearchConfig from a trial's JSON-able fields: Path-typed ones back to Path."""
-    from autoprune.search import SearchConfig
+    from autoprune.search_job import SearchConfig
 
     hints = typing.get_type_hints(SearchConfig)
     return SearchConfig(**{k: Path(v) if isinstance(v, str) and _is_path(hints[k]) else v for k, v in fields.items()},
@@ -381,7 +381,9 @@ def run_sweep(spec: SweepSpec, out: Path, *, spec_text: str, resume: bool = Fals
     started = not ray.is_initialized()
     if started:
         if address:
-            ray.init(address=address)
+            from autoprune.workers import connect_ray
+
+            connect_ray(address, "--address")
         else:
             ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False)
     try:
@@ -412,6 +414,9 @@ def run_sweep(spec: SweepSpec, out: Path, *, spec_text: str, resume: bool = Fals
         results = collect(out, spec.trials(), errors)
         results["sweep_seconds"] = round(seconds, 1)
         write_results(out, results)
+        from autoprune.search_job import write_run_report
+
+        write_run_report(out)
         return results
     finally:
         if started:
@@ -427,7 +432,7 @@ def _trial(config: dict, *, trials: dict[str, dict], runs: str, threads: int) ->
     import torch
     from ray import tune
 
-    from autoprune.search import run_search
+    from autoprune.search_job import run_search
 
     torch.set_num_threads(threads)
     name = config["trial"]

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from autoprune.budget import human
 from autoprune.report import speedup  # one wording for the console and the report
-from autoprune.search import SearchConfig, execute_search, prepare_search
+from autoprune.search_job import SearchConfig, execute_search, prepare_search
 
 
 def run_search_with_progress(cfg: SearchConfig, console: Console) -> dict:

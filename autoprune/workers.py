@@ -29,13 +29,13 @@ def _score_worker_class():
     class ScoreWorker:
         """One evaluator: the problem rebuilt from the run's config, scoring with `threads` torch threads."""
 
-        def __init__(self, cfg, threads: int) -> None:
+        def __init__(self, cfg, threads: int, inputs=None) -> None:
             import torch
 
-            from autoprune.search import build_setup
+            from autoprune.search_job import build_setup
 
             torch.set_num_threads(threads)
-            self.problem = build_setup(cfg).problem
+            self.problem = build_setup(cfg, inputs=inputs).problem
 
         def score(self, ratios: np.ndarray):
             return self.problem.score(np.asarray(ratios, dtype=np.float64))
@@ -46,7 +46,7 @@ def _score_worker_class():
 class WorkerPool:
     """`n` Ray actors scoring policies; results come back in the order they were sent."""
 
-    def __init__(self, cfg, n: int, *, threads: int = 1, address: str | None = None) -> None:
+    def __init__(self, cfg, n: int, *, threads: int = 1, address: str | None = None, inputs=None) -> None:
         try:
             import ray
             from ray.util import ActorPool
@@ -55,11 +55,13 @@ class WorkerPool:
         self._started_ray = False
         if not ray.is_initialized():
             # a local Ray with just the CPUs the workers use; --address joins a cluster instead
-            kwargs = {"address": address} if address else {"num_cpus": max(n * threads, 1)}
-            ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False, **kwargs)
+            kwargs = {} if address else {"num_cpus": max(n * threads, 1)}
+            connect_ray(address, "--ray-address", include_dashboard=False, log_to_driver=False,
+                        configure_logging=False, **kwargs)
             self._started_ray = True
         cls = _score_worker_class().options(num_cpus=threads)
-        self.actors = [cls.remote(cfg, threads) for _ in range(n)]
+        # the Python API's model and data objects travel once per actor (Ray pickles them); names need nothing
+        self.actors = [cls.remote(cfg, threads, inputs) for _ in range(n)]
         self.pool = ActorPool(self.actors)
         self.n, self.threads = n, threads
 
@@ -80,6 +82,31 @@ class WorkerPool:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def connect_ray(address: str | None, flag: str, **kwargs) -> None:
+    """ray.init(address, **kwargs) (address None: a local Ray).
+
+    A HOST:PORT that does not answer is bad input: one line naming it and what to check. It is asked
+    with a plain TCP connect first, because ray.init itself retries for minutes (measured: still
+    waiting after 5 min on a closed port), printing C++ warnings all the while.
+    """
+    import ray
+
+    host, sep, port = (address or "").rpartition(":")
+    if address and sep and port.isdigit() and "://" not in address:
+        import socket
+
+        try:
+            socket.create_connection((host, int(port)), timeout=RAY_CONNECT_TIMEOUT_S).close()
+        except OSError as exc:
+            raise UserError(f"cannot reach the Ray cluster at {flag} {address} ({exc.strerror or exc}): check that "
+                            "`ray start --head` runs there, that HOST:PORT is its GCS address (default port 6379) "
+                            "and that no firewall blocks it") from exc
+    ray.init(**({"address": address} if address else {}), **kwargs)
+
+
+RAY_CONNECT_TIMEOUT_S = 5.0
 
 
 def default_threads(workers: int) -> int:

@@ -54,7 +54,7 @@ def train_model(model_name: str, data_spec: str, cfg: TrainConfig, out: Path, *,
 def evaluate_model(model: str, *, data: str = "fashion-mnist", weights: str | None = None, heldout: int = 5000,
                    device: str = "auto") -> dict:
     """Accuracy and costs of a zoo model, or of the pruned model of a policy.json."""
-    from autoprune.apply import load_run_model
+    from autoprune.rebuild import load_run_model
     from autoprune.graph import build_graph
 
     dev = resolve_device(device)

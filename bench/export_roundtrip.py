@@ -39,7 +39,7 @@ import torch
 import torch_pruning as tp
 from torch.utils.data import DataLoader
 
-from autoprune.apply import load_run_model
+from autoprune.rebuild import load_run_model
 from autoprune.data import CALIB_BATCH
 from autoprune.evaluate import accuracy, calibration_batches, recalibrate_bn
 

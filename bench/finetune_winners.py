@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 import torch_pruning as tp
 
-from autoprune.apply import load_run_model
+from autoprune.rebuild import load_run_model
 from autoprune.data import CALIB_BATCH, TensorSplit
 from autoprune.device import resolve_device
 from autoprune.evaluate import accuracy, calibration_batches, recalibrate_bn

@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from search_quality import CURVE_POINTS, jsonable, machine_info, run_searcher  # noqa: E402
 
-from autoprune.search import SearchConfig, build_setup  # noqa: E402
+from autoprune.search_job import SearchConfig, build_setup  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -31,7 +31,7 @@ from search_quality import jsonable, machine_info  # noqa: E402
 
 from autoprune.agents.evolution import evolve  # noqa: E402
 from autoprune.evaluate import accuracy  # noqa: E402
-from autoprune.search import SearchConfig, build_setup  # noqa: E402
+from autoprune.search_job import SearchConfig, build_setup  # noqa: E402
 from autoprune.train import TrainConfig, train  # noqa: E402
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from autoprune.evaluate import accuracy
-from autoprune.search import SearchConfig, build_setup
+from autoprune.search_job import SearchConfig, build_setup
 from autoprune.verify import timed_against_base, verify_latency
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -31,7 +31,7 @@ from autoprune import agents
 from autoprune.budget import TOLERANCE
 from autoprune.errors import UserError
 from autoprune.evaluate import accuracy
-from autoprune.search import SearchConfig, Setup, build_setup
+from autoprune.search_job import SearchConfig, Setup, build_setup
 
 REFERENCES = ("tp-global", "tp-uniform")
 COST_CALLS = 1000

@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from search_quality import jsonable, machine_info  # noqa: E402  (same machine record as the other bench)
 
-from autoprune.search import SearchConfig, build_setup  # noqa: E402
+from autoprune.search_job import SearchConfig, build_setup  # noqa: E402
 from autoprune.workers import WorkerPool  # noqa: E402
 
 

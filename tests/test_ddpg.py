@@ -12,7 +12,7 @@ from gymnasium import spaces
 from autoprune import agents
 from autoprune.agents.ddpg import AMCDDPG, DDPGSearch, EpisodeRewardBuffer, SB3Search, TruncatedNormalNoise
 from autoprune.envs import LayerPruningEnv
-from autoprune.search import DEFAULT_EVALS
+from autoprune.search_job import DEFAULT_EVALS
 from autoprune.study import Study, StudyInfo
 from conftest import needs_fashion
 from surrogate import race

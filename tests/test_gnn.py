@@ -12,7 +12,7 @@ from autoprune import agents
 from autoprune.agents.gnn import POLICY_FILE, GNNSearch, GraphActorCritic, load_policy_file
 from autoprune.agents.gnn_graph import FEATURES, to_data
 from autoprune.errors import UserError
-from autoprune.search import DEFAULT_EVALS
+from autoprune.search_job import DEFAULT_EVALS
 from autoprune.search_spaces import ChannelSpace
 from autoprune.study import Study, StudyInfo
 from conftest import cli_main, needs_fashion

@@ -14,7 +14,7 @@ from autoprune.agents.metapruning import MetaPruningSearch
 from autoprune.agents.pruningnet import PruningNet, load_checkpoint, train_pruningnet, unmasked
 from autoprune.errors import UserError
 from autoprune.policy import apply_policy, removal_orders
-from autoprune.search import DEFAULT_EVALS, SearchConfig, build_setup
+from autoprune.search_job import DEFAULT_EVALS, SearchConfig, build_setup
 from autoprune.search_spaces import ChannelSpace
 from conftest import SHAPE, cli_main, needs_fashion
 

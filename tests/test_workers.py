@@ -5,7 +5,7 @@ import optuna
 import pytest
 
 from autoprune.errors import UserError
-from autoprune.search import SearchConfig, build_setup, run_search
+from autoprune.search_job import SearchConfig, build_setup, run_search
 from conftest import needs_fashion
 
 pytestmark = needs_fashion

@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch_pruning as tp
 
-from autoprune.search import SearchConfig, build_setup
+from autoprune.search_job import SearchConfig, build_setup
 from conftest import cli_main
 
 pytestmark = pytest.mark.zoo

@@ -6,6 +6,7 @@ resumed run replays its searcher from the seed and takes stored evaluations from
 """
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import shutil
@@ -24,9 +25,10 @@ from autoprune.cost import analytic_cost_models
 from autoprune.data import DataBundle, load_data
 from autoprune.device import resolve_device
 from autoprune.errors import UserError
-from autoprune.evaluate import Evaluator, accuracy
+from autoprune.evaluate import Evaluator, FunctionEvaluator, accuracy
 from autoprune.graph import build_graph
 from autoprune.importance import CRITERIA, DATA_CRITERIA
+from autoprune.policy import Policy
 from autoprune.problem import EvalResult, Problem
 from autoprune.study import Study, StudyInfo, public_url
 from autoprune.outcome import final_pick, policy_details
@@ -105,6 +107,9 @@ class Setup:
     problem: Problem
     searcher: agents.Searcher
     device: torch.device
+    inputs: Inputs | None = None  # the Python API's objects (Ray workers get them too)
+    policy: Policy | None = None  # the returned policy and its pruned model, once the search has run
+    pruned: torch.nn.Module | None = None
 
 
 def default_out(cfg: SearchConfig) -> Path:
@@ -112,12 +117,8 @@ def default_out(cfg: SearchConfig) -> Path:
     return Path("runs") / f"{cfg.model.replace(':', '_').replace('/', '_')}-{cfg.agent}-s{cfg.seed}-{stamp}"
 
 
-def build_setup(cfg: SearchConfig, *, on_profile: Callable[[str, int, int], None] | None = None) -> Setup:
-    """Load data and model, analyse the graph, parse budgets: every check that can refuse input.
-
-    A latency budget also brings the latency cost model: the cached table of this model on this
-    device, profiled first (minutes, reported through `on_profile`) when there is none yet.
-    """
+def check_config(cfg: SearchConfig) -> None:
+    """The config's own refusals, before anything is loaded."""
     if cfg.agent not in agents.names():
         raise UserError(f"unknown agent '{cfg.agent}': one of {', '.join(agents.names())}")
     if cfg.criterion not in CRITERIA:
@@ -135,16 +136,43 @@ def build_setup(cfg: SearchConfig, *, on_profile: Callable[[str, int, int], None
         raise UserError("--workers must be at least 1")
     if cfg.batch < 1 or (cfg.threads is not None and cfg.threads < 1):
         raise UserError("--batch and --threads must be at least 1")
+
+
+@dataclass
+class Inputs:
+    """A model and data given as Python objects (autoprune.api) instead of names in the config."""
+
+    bundle: ModelBundle
+    data: DataBundle
+    score: Callable[[torch.nn.Module], float] | None = None  # the user's evaluate(model): replaces held-out top-1
+
+
+def build_setup(cfg: SearchConfig, *, on_profile: Callable[[str, int, int], None] | None = None,
+                inputs: Inputs | None = None) -> Setup:
+    """Load data and model, analyse the graph, parse budgets: every check that can refuse input.
+
+    A latency budget also brings the latency cost model: the cached table of this model on this
+    device, profiled first (minutes, reported through `on_profile`) when there is none yet.
+    `inputs` replaces the config's model and data names with objects (the Python API).
+    """
+    check_config(cfg)
     device = resolve_device(cfg.device)
-    data = load_data(cfg.data, heldout_size=cfg.heldout)
-    bundle = build_model(cfg.model, num_classes=data.num_classes, in_channels=data.in_channels,
-                         dataset=data.name, weights=cfg.weights, seed=cfg.seed)
-    data = data.with_channels(bundle.in_channels)
+    if inputs is None:
+        data = load_data(cfg.data, heldout_size=cfg.heldout)
+        bundle = build_model(cfg.model, num_classes=data.num_classes, in_channels=data.in_channels,
+                             dataset=data.name, weights=cfg.weights, seed=cfg.seed)
+        data = data.with_channels(bundle.in_channels)
+    else:
+        data, bundle = inputs.data, inputs.bundle
     input_shape = (data.in_channels, *data.input_size)
     graph = build_graph(bundle.model, input_shape, model_id=cfg.model, ignore=cfg.ignore,
                         prune_stem=cfg.stem_cap() > 0)
     space = _space(cfg, graph, bundle.model)
-    evaluator = Evaluator(data.train, data.heldout, device, calib_batches=cfg.calib_batches, seed=cfg.seed)
+    if inputs is not None and inputs.score is not None:
+        evaluator = FunctionEvaluator(data.train, inputs.score, device, calib_batches=cfg.calib_batches,
+                                      seed=cfg.seed)
+    else:
+        evaluator = Evaluator(data.train, data.heldout, device, calib_batches=cfg.calib_batches, seed=cfg.seed)
     base = {"macs": graph.base_macs, "params": graph.base_params}
     cost_models = analytic_cost_models(space)
     if "latency_ms" in [budget_metric(b) for b in cfg.budgets]:  # profiling costs minutes: only when asked
@@ -170,6 +198,9 @@ def build_setup(cfg: SearchConfig, *, on_profile: Callable[[str, int, int], None
         problem.use_reconstruction()
     if cfg.fidelity not in ("full", "auto"):
         raise UserError(f"--fidelity must be full or auto, not '{cfg.fidelity}'")
+    if cfg.fidelity == "auto" and isinstance(evaluator, FunctionEvaluator):
+        raise UserError("fidelity='auto' scores a slice of the held-out images first: it needs held-out data, "
+                        "not an evaluate function")
     if cfg.fidelity == "auto" and cfg.workers > 1:
         raise UserError("--fidelity auto stops candidates against the best so far, one after another: "
                         "use it with --workers 1")
@@ -183,7 +214,7 @@ def build_setup(cfg: SearchConfig, *, on_profile: Callable[[str, int, int], None
             raise UserError(f"agent '{cfg.agent}' evaluates one candidate at a time: --workers > 1 needs one "
                             f"of {', '.join(batching)}")
         searcher.batch = cfg.workers
-    return Setup(cfg, data, bundle, problem, searcher, device)
+    return Setup(cfg, data, bundle, problem, searcher, device, inputs)
 
 
 def _agent_options(cfg: SearchConfig) -> dict:
@@ -310,9 +341,13 @@ def _execute(out: Path, setup: Setup, *, on_result: Callable[[EvalResult, Proble
     if checkpoint:
         setup.searcher.checkpoint_path = out / checkpoint
     (out / "run.json").write_text(json.dumps(_jsonable(asdict(cfg)), indent=2) + "\n")
+    if setup.inputs is not None:  # an object policy.json cannot name: `autoprune apply/export` load this file
+        from autoprune.rebuild import BASE_MODEL_FILE
+
+        torch.save(setup.bundle.model, out / BASE_MODEL_FILE)
 
     stage("scoring the unpruned model")
-    base_heldout = accuracy(setup.bundle.model.to(device), setup.data.heldout, device)["top1"]
+    base_heldout = problem.evaluator(setup.bundle.model, recalibrate=False)["top1"]  # as shipped: no BN change
     if on_result:
         problem.callbacks.append(lambda r: on_result(r, problem))
     n_evals = cfg.n_evals()
@@ -321,7 +356,8 @@ def _execute(out: Path, setup: Setup, *, on_result: Callable[[EvalResult, Proble
         from autoprune.workers import WorkerPool, default_threads
 
         stage(f"starting {cfg.workers} Ray workers")
-        with WorkerPool(cfg, cfg.workers, threads=default_threads(cfg.workers), address=cfg.ray_address) as pool:
+        with WorkerPool(cfg, cfg.workers, threads=default_threads(cfg.workers), address=cfg.ray_address,
+                        inputs=setup.inputs) as pool:
             problem.pool = pool
             try:
                 setup.searcher.search(problem, n_evals, seed=cfg.seed)
@@ -337,8 +373,9 @@ def _execute(out: Path, setup: Setup, *, on_result: Callable[[EvalResult, Proble
 
     stage("testing the best policy")
     pruned = problem.pruned_model(best.ratios)
-    base_test = accuracy(setup.bundle.model.to(device), setup.data.test, device)["top1"]
-    test = accuracy(pruned, setup.data.test, device)["top1"]
+    test_split = setup.data.test  # None: the Python API was given no test data
+    base_test = None if test_split is None else accuracy(setup.bundle.model.to(device), test_split, device)["top1"]
+    test = None if test_split is None else accuracy(pruned, test_split, device)["top1"]
     where = dict(batch=cfg.batch, device=device, threads=cfg.threads, min_seconds=1.0)  # as budgets count it
     latency = {"base": measure_latency_ms(setup.bundle.model, input_shape, **where),
                "pruned": measure_latency_ms(pruned, input_shape, **where)}
@@ -357,7 +394,9 @@ def _execute(out: Path, setup: Setup, *, on_result: Callable[[EvalResult, Proble
         "fidelity": cfg.fidelity, "partial_evaluations": sum(r.partial for r in problem.results),
         "best_evaluation": best.index, "search_seconds": round(search_seconds, 2),
         "overhead_share": round(problem.overhead_share(), 4),
-        "heldout_images": len(setup.data.heldout), "calib_batches": cfg.calib_batches,
+        "heldout_images": None if setup.data.heldout is None else len(setup.data.heldout),
+        "scored_by": "held-out top-1" if setup.inputs is None or setup.inputs.score is None else "evaluate function",
+        "calib_batches": cfg.calib_batches,
         "storage": public_url(storage) if cfg.storage else "study.db",
     }
     summary.update(picked)
@@ -368,13 +407,15 @@ def _execute(out: Path, setup: Setup, *, on_result: Callable[[EvalResult, Proble
         summary["pareto_front_size"] = len(front)
     policy.meta = summary
     policy.save(out / "policy.json")
+    setup.policy, setup.pruned = policy, pruned  # for the Python API's result
 
     stage("writing the pruned model and exports")
     from autoprune.export import save_pruned_model, write_exports
 
     example = torch.randn(1, *input_shape)
     if problem.space.kind == "channel":
-        files = write_exports(out, problem.space.graph, policy, pruned, example)
+        files = write_exports(out, problem.space.graph, policy, pruned, example, base=problem.model,
+                              orders=problem.channel_orders())
     else:  # unstructured: NNI reads per-layer sparsity directly; the model file holds the zeros
         nni = [{"op_names": [n], "sparsity_per_layer": r} for n, r in policy.ratios.items() if r > 0]
         files = {"nni_config_list": out / "nni_config_list.json", **save_pruned_model(pruned, out, example)}
@@ -389,14 +430,34 @@ def _execute(out: Path, setup: Setup, *, on_result: Callable[[EvalResult, Proble
         from autoprune.finetune import finetune_run
 
         stage(f"fine-tuning for {cfg.finetune_epochs} epochs")
-        summary.update(finetune_run(out, cfg.finetune_epochs, device=cfg.device, distill=cfg.distill))
+        loaded = None
+        if setup.inputs is not None:  # objects that policy.json cannot name: fine-tune a copy of what is in memory
+            from autoprune.rebuild import LoadedRun
+
+            loaded = LoadedRun(policy, setup.bundle.model, copy.deepcopy(pruned), problem.space.graph, setup.data)
+        summary.update(finetune_run(out, cfg.finetune_epochs, device=cfg.device, distill=cfg.distill, loaded=loaded))
     if front:
         files["pareto_front"] = out / "pareto.json"
     if checkpoint and (out / checkpoint).exists():
         files["policy_network"] = out / checkpoint
+    report = write_run_report(out)
+    if report is not None:
+        files["report"] = report
     summary["files"] = {k: str(v) for k, v in {"policy": out / "policy.json", "study": public_url(storage),
                                                **files}.items()}
     return summary
+
+
+def write_run_report(folder: Path) -> Path | None:
+    """report.html of a finished run or sweep; a failure is logged, never the end of a search that succeeded."""
+    from autoprune.report import write_report
+
+    try:
+        return write_report(folder)
+    except Exception as exc:  # the results are written already: a plot must not take them away
+        log.warning("could not write %s: %s: %s (run `autoprune report %s` again)", folder / "report.html",
+                    type(exc).__name__, exc, folder)
+        return None
 
 
 def _jsonable(obj):

@@ -1,0 +1,242 @@
+"""The Python surface: search pruning ratios for a model object on your own data; rebuild a pruned copy.
+
+    import autoprune
+    result = autoprune.search(model, budget="50%FLOPs", train=train_loader, heldout=val_loader, evals=60)
+    result.policy.ratios, result.pruned_model, result.tp_pruning_ratio_dict, result.nni_config_list
+    result.save("runs/mine")
+
+`search` builds the same `SearchConfig` as `autoprune search` and runs the same `execute_search`, so
+the same settings and seed give the same result from Python as from the shell; names (a zoo model,
+a registered dataset) go through exactly the CLI's path. Objects (an `nn.Module`, Datasets or
+DataLoaders, an `evaluate(model) -> float`) are wrapped into the bundles the engine already takes.
+Bad input raises `autoprune.UserError` with the CLI's one-line message.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from autoprune.rebuild import PYTHON_DATA, PYTHON_MODEL, prune_as_policy
+from autoprune.data import CALIB_BATCH, DataBundle, check_heldout, load_data
+from autoprune.errors import UserError, one_line
+from autoprune.policy import Policy
+from autoprune.search_job import Inputs, SearchConfig, build_setup, execute_search, prepare_run_dir
+from autoprune.zoo import ModelBundle
+
+DataArg = Dataset | DataLoader | None
+_CONFIG_FIELDS = {f.name for f in dataclasses.fields(SearchConfig)} - {"model", "budgets", "data"}
+
+
+@dataclass
+class SearchResult:
+    """What a search returns: the policy, its costs and accuracies, the pruned model, exports and study."""
+
+    summary: dict  # policy.json's entries: costs, accuracies, settings, how the pick was made
+    policy: Policy
+    pruned_model: nn.Module  # physically pruned, BN recalibrated (refitted too with reconstruct=True)
+    base_model: nn.Module
+    folder: Path  # the run folder written (a temporary one unless out= was given): save() copies it
+    _setup: object = dataclasses.field(repr=False, default=None)
+
+    @property
+    def heldout_accuracy(self) -> float:
+        return self.summary["heldout_accuracy"]
+
+    @property
+    def test_accuracy(self) -> float | None:
+        return self.summary["test_accuracy"]
+
+    @property
+    def macs(self) -> float:
+        return self.summary["macs"]
+
+    @property
+    def params(self) -> float:
+        return self.summary["params"]
+
+    @property
+    def study(self):
+        """The Optuna study holding every evaluation (`study.trials_dataframe()`, `optuna.visualization`)."""
+        return self._setup.problem.study.study
+
+    @property
+    def tp_pruning_ratio_dict(self) -> dict[str, float]:
+        """{module name: ratio} for Torch-Pruning's `pruning_ratio_dict` (see autoprune.export.apply_tp_ratio_dict)."""
+        from autoprune.export import tp_ratio_dict
+
+        return tp_ratio_dict(self._setup.problem.space.graph, self.policy)
+
+    @property
+    def nni_config_list(self) -> list[dict]:
+        """NNI's config_list; the exact channels are in FOLDER/nni_masks.pt (docs/exports.md)."""
+        from autoprune.export import nni_config_list
+
+        return nni_config_list(self._setup.problem.space.graph, self.policy)
+
+    def save(self, folder: str | Path) -> Path:
+        """Copy the run folder (policy.json, study.db, exports, report) to `folder`, which must be new or empty.
+
+        >>> result.save("runs/mine")  # then: autoprune report runs/mine, autoprune export runs/mine/policy.json
+        """
+        folder = Path(folder)
+        if folder.resolve() == self.folder.resolve():
+            return folder
+        if folder.exists() and any(folder.iterdir()):
+            raise UserError(f"run folder {folder} already exists and is not empty: choose another folder")
+        shutil.copytree(self.folder, folder, dirs_exist_ok=True)
+        return folder
+
+
+def search(model: nn.Module | str, budget: str | Sequence[str], *, data: str | None = None,
+           train: DataArg = None, heldout: DataArg | int = None, test: DataArg = None,
+           evaluate: Callable[[nn.Module], float] | None = None, agent: str = "tpe", evals: int | None = None,
+           seed: int = 0, out: str | Path | None = None, device: str = "auto",
+           **options) -> SearchResult:
+    """Search per-group prune ratios of `model` that keep the most accuracy within `budget`.
+
+    model: an `nn.Module` (trained), or a model name as on the command line ("resnet20").
+    budget: "50%FLOPs", "1.5Mparams", "12ms", ... or a list of them (all must hold).
+    data: a registered dataset name ("fashion-mnist", "cifar10:ROOT", "folder:PATH"), or instead
+      train: your training Dataset/DataLoader (BN recalibration; least-squares refit; fine-tuning),
+      heldout: the Dataset/DataLoader candidates are scored on (default: carved from `train`; an int
+      sets how many images to carve, default 5000), or evaluate: your `evaluate(model) -> float` in
+      [0, 1] (higher is better), called after BN recalibration on `train`,
+      test: an optional test split, used only for the final report.
+    A DataLoader contributes its dataset: autoprune draws its own seeded batches, so results repeat.
+    options: every other `autoprune search` option by its name (criterion="taylor", reconstruct=True,
+      fidelity="auto", max_ratio=0.7, finetune_epochs=3, distill=True, workers=2, ...; see
+      `autoprune search --help`), with the CLI's defaults.
+
+    >>> result = autoprune.search(model, "50%FLOPs", train=train_set, heldout=val_set, evals=60)
+    >>> result.pruned_model, result.policy.ratios, result.heldout_accuracy
+    """
+    unknown = sorted(set(options) - _CONFIG_FIELDS)
+    if unknown:
+        raise UserError(f"unknown search option {', '.join(unknown)}: one of {', '.join(sorted(_CONFIG_FIELDS))}")
+    budgets = [budget] if isinstance(budget, str) else list(budget)
+    if isinstance(heldout, int) and not isinstance(heldout, bool):
+        options["heldout"], heldout = heldout, None
+    named_model = isinstance(model, str)
+    if not named_model and not isinstance(model, nn.Module):
+        raise UserError(f"model must be a torch.nn.Module or a model name, not {type(model).__name__}")
+    if data is not None and any(x is not None for x in (train, heldout, test)):
+        raise UserError("give data= (a registered dataset) or train=/heldout=/test= (your own), not both")
+    if data is None and train is None:
+        raise UserError("give data= (a registered dataset, e.g. 'fashion-mnist') or train= (your training data)")
+    if evaluate is not None and heldout is not None:
+        raise UserError("give heldout= (scored by top-1) or evaluate= (your function), not both")
+    cfg = SearchConfig(model=model if named_model else _model_label(model), budgets=budgets,
+                       data=data or PYTHON_DATA, agent=agent, evals=evals, seed=seed, device=device,
+                       out=Path(out) if out is not None else None, **options)
+    inputs = None
+    if not (named_model and data is not None and evaluate is None):
+        inputs = _inputs(model, cfg, data, train, heldout, test, evaluate)
+    if cfg.out is None:
+        cfg.out = Path(tempfile.mkdtemp(prefix="autoprune-run-"))
+    out_dir = prepare_run_dir(cfg)
+    setup = build_setup(cfg, inputs=inputs)
+    summary = execute_search(out_dir, setup)
+    return SearchResult(summary, setup.policy, setup.pruned, setup.bundle.model, out_dir, setup)
+
+
+def apply(model: nn.Module, policy: Policy | str | Path | SearchResult, *, train: DataArg = None,
+          data: str | None = None, device: str = "auto") -> nn.Module:
+    """A physically pruned copy of `model` as `policy` says (a Policy, a policy.json, its run folder, or a result).
+
+    The same channels go as in the search (its criterion, seed, data-aware orders); BN statistics are
+    recalibrated on `train` (your Dataset/DataLoader) or the registered dataset `data` -- the search's
+    calibration batches when it is the same data -- and without either they are left as they are.
+
+    >>> pruned = autoprune.apply(model, "runs/mine/policy.json", train=train_set)
+    """
+    if isinstance(policy, SearchResult):
+        policy = policy.policy
+    elif not isinstance(policy, Policy):
+        path = Path(policy)
+        path = path / "policy.json" if path.is_dir() else path
+        if not path.exists():
+            raise UserError(f"policy file not found: {path}")
+        policy = Policy.load(path)
+    if train is not None and data is not None:
+        raise UserError("give train= (your data) or data= (a registered dataset), not both")
+    meta = policy.meta
+    calib = None
+    if train is not None or data is not None:
+        from autoprune.evaluate import calibration_batches
+
+        split = (_dataset(train, "train") if train is not None
+                 else load_data(data, heldout_size=meta.get("heldout_images") or 5000).train)
+        calib = calibration_batches(split, meta.get("calib_batches", 20), CALIB_BATCH, meta.get("seed", 0))
+    pruned, _ = prune_as_policy(model, policy, calib, device, recalibrate=calib is not None)
+    return pruned
+
+
+def _model_label(model: nn.Module) -> str:
+    cls = type(model)
+    return f"python:{cls.__module__}.{cls.__qualname__}"
+
+
+def _dataset(split: DataArg, what: str) -> Dataset:
+    ds = split.dataset if isinstance(split, DataLoader) else split
+    if not isinstance(ds, Dataset):
+        raise UserError(f"{what} must be a torch Dataset or DataLoader, not {type(split).__name__}")
+    try:
+        n, first = len(ds), ds[0]
+    except Exception as exc:  # the user's own dataset code
+        raise UserError(f"{what}[0] failed: {one_line(exc)}") from exc
+    if n < 1 or not isinstance(first, (tuple, list)) or len(first) < 2 or not torch.is_tensor(first[0]):
+        raise UserError(f"{what} must yield (image tensor, label) pairs; its first item is {type(first).__name__}")
+    return ds
+
+
+def _inputs(model: nn.Module | str, cfg: SearchConfig, data: str | None, train: DataArg, heldout: DataArg,
+            test: DataArg, evaluate: Callable | None) -> Inputs:
+    """The engine's bundles from the user's objects (or a registered dataset with a model object)."""
+    if data is not None:
+        bundle_data = load_data(data, heldout_size=cfg.heldout)
+    else:
+        train_ds = _dataset(train, "train")
+        held_ds = None if heldout is None else _dataset(heldout, "heldout")
+        test_ds = None if test is None else _dataset(test, "test")
+        if held_ds is None and evaluate is None:  # carved from the training set, as the CLI does
+            check_heldout("train", len(train_ds), cfg.heldout)
+            perm = torch.randperm(len(train_ds), generator=torch.Generator().manual_seed(0))
+            held_ds = Subset(train_ds, perm[:cfg.heldout].sort().values.tolist())
+            train_ds = Subset(train_ds, perm[cfg.heldout:].sort().values.tolist())
+        x0 = train_ds[0][0]
+        bundle_data = DataBundle(PYTHON_DATA, 0, x0.shape[0], tuple(x0.shape[1:]), train_ds, held_ds, test_ds,
+                                 augment=False)
+    if isinstance(model, str):
+        from autoprune.zoo import build_model
+
+        bundle = build_model(model, num_classes=bundle_data.num_classes, in_channels=bundle_data.in_channels,
+                             dataset=bundle_data.name, weights=cfg.weights, seed=cfg.seed)
+    else:
+        module = copy.deepcopy(model).cpu().eval()  # the caller's model stays as it was
+        bundle = ModelBundle(module, cfg.model, PYTHON_MODEL, bundle_data.in_channels,
+                             _classes(module, bundle_data))
+    bundle_data = bundle_data.with_channels(bundle.in_channels)
+    if not bundle_data.num_classes:
+        bundle_data = dataclasses.replace(bundle_data, num_classes=bundle.num_classes)
+    return Inputs(bundle, bundle_data, evaluate)
+
+
+def _classes(model: nn.Module, data: DataBundle) -> int:
+    """The model's output width, from one forward pass on a zero image of the data's shape."""
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(2, data.in_channels, *data.input_size))
+    except Exception as exc:  # the user's model on the user's input shape: one line
+        raise UserError(f"the model fails on the data's input shape {(data.in_channels, *data.input_size)}: "
+                        f"{one_line(exc)}") from exc
+    out = out[0] if isinstance(out, (tuple, list)) else out
+    return int(out.shape[1])

@@ -1,0 +1,107 @@
+"""Rebuilding a pruned model from a policy file and the base model it was searched on."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from autoprune.data import CALIB_BATCH, DataBundle, load_data
+from autoprune.device import resolve_device
+from autoprune.errors import UserError
+from autoprune.evaluate import calibration_batches, recalibrate_bn
+from autoprune.graph import PruningGraph, build_graph
+from autoprune.policy import Policy, apply_policy
+from autoprune.search_spaces import ChannelSpace
+from autoprune.zoo import build_model
+
+
+@dataclass
+class LoadedRun:
+    policy: Policy
+    base: nn.Module
+    pruned: nn.Module
+    graph: PruningGraph
+    data: DataBundle
+
+
+BASE_MODEL_FILE = "base_model.pt"  # a Python API run's unpruned model: policy.json cannot name an object
+
+
+def load_run_model(policy_path: Path, *, weights: str | None = None, data: str | None = None,
+                   device: str = "auto", recalibrate: bool = True) -> LoadedRun:
+    """Base model (from the policy's model/weights/data, or overrides) pruned as the policy says.
+
+    BN statistics are recalibrated on training batches, as during the search, unless the
+    caller asks otherwise, so the rebuilt model scores what the search reported.
+    """
+    if not Path(policy_path).exists():
+        raise UserError(f"policy file not found: {policy_path}")
+    policy = Policy.load(policy_path)
+    meta = policy.meta
+    if "model" not in meta:
+        raise UserError(f"{policy_path} does not say which model it prunes")
+    if meta.get("space", {}).get("kind", "channel") != "channel":
+        raise UserError("only channel policies can be applied physically; unstructured ones are masks")
+    spec = data or meta.get("data", "fashion-mnist")
+    if spec == PYTHON_DATA:
+        raise UserError(f"{policy_path} was searched on data given as Python objects: pass --data NAME "
+                        "(or, in Python, autoprune.apply(model, policy, train=...))")
+    data_bundle = load_data(spec, heldout_size=meta.get("heldout_images") or 5000)
+    saved_base = Path(policy_path).parent / BASE_MODEL_FILE
+    if meta.get("weights") == PYTHON_MODEL and weights is None and saved_base.exists():
+        base = torch.load(saved_base, map_location="cpu", weights_only=False)
+    else:
+        weights = weights or (None if meta.get("weights") in (None, "shipped") else meta["weights"])
+        bundle = build_model(meta["model"], num_classes=data_bundle.num_classes,
+                             in_channels=data_bundle.in_channels, dataset=data_bundle.name, weights=weights)
+        base = bundle.model
+        data_bundle = data_bundle.with_channels(bundle.in_channels)
+    calib = calibration_batches(data_bundle.train, meta.get("calib_batches", 20), CALIB_BATCH, meta.get("seed", 0))
+    pruned, graph = prune_as_policy(base, policy, calib if recalibrate or meta.get("reconstruction") else None,
+                                    device, recalibrate=recalibrate)
+    return LoadedRun(policy, base, pruned, graph, data_bundle)
+
+
+PYTHON_MODEL = "python object"  # policy.json's "weights" of a model handed to autoprune.search as an object
+PYTHON_DATA = "python objects"  # its "data" when the splits were handed over as Datasets/DataLoaders
+
+
+def prune_as_policy(base: nn.Module, policy: Policy, calib: list[torch.Tensor] | None, device: str = "auto", *,
+                    recalibrate: bool = True) -> tuple[nn.Module, PruningGraph]:
+    """A pruned copy of `base` as `policy` (with its policy.json meta) says: the same groups, kept channels,
+    channel ranking, least-squares refit when the search refitted, then adaptive BN on `calib` (None: no
+    recalibration, for a model without BN or a caller who recalibrates itself)."""
+    meta = policy.meta
+    input_shape = meta.get("input_shape")
+    if not input_shape:
+        raise UserError("the policy does not say the model's input shape (input_shape in policy.json)")
+    # the groups the search saw: the same layers left out
+    graph = build_graph(base, tuple(input_shape), model_id=meta.get("model", "model"),
+                        ignore=meta.get("ignore") or [], prune_stem=bool(meta.get("prune_stem", False)))
+    space_meta = meta.get("space", {})
+    round_to = space_meta.get("round_to")
+    space = ChannelSpace(graph, max_ratio=0.999, round_to=None if round_to in (None, "auto") else int(round_to))
+    ratios = policy.vector(graph)
+    kept = meta.get("kept_channels")
+    kept_vec = (torch.tensor([kept[g.name] for g in graph.groups]).double().numpy() if kept
+                else space.kept(ratios))
+    orders = meta.get("channel_orders")  # written for data-aware criteria: their ranking needs the run's batches
+    if orders is not None:
+        orders = [torch.tensor(orders[g.name]) for g in graph.groups]
+    criterion, seed = meta.get("criterion", "l2"), meta.get("seed", 0)
+    pruned = apply_policy(base, graph, kept_vec, criterion=criterion, seed=seed, orders=orders)
+    dev = resolve_device(device)
+    if meta.get("reconstruction"):  # the search refitted its model on these calibration images: so do we
+        if calib is None:
+            raise UserError("this policy's search refitted the pruned layers by least squares: give training "
+                            "data to refit the same way")
+        from autoprune.policy import removal_orders
+        from autoprune.reconstruct import Reconstructor
+
+        orders = orders or removal_orders(base, graph, criterion=criterion, seed=seed)
+        Reconstructor(base, graph, orders, calib, dev, seed)(pruned, kept_vec)
+    if recalibrate and calib:
+        recalibrate_bn(pruned.to(dev), calib, dev)
+    return pruned, graph
