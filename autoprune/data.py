@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
-from autoprune.errors import UserError
+from autoprune.errors import UserError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -207,14 +207,18 @@ def _image_folder(spec: str, root: Path, heldout_size: int, seed: int) -> DataBu
 def _user_data(spec: str, heldout_size: int, seed: int) -> DataBundle:
     module_name, _, attr = spec.partition(":")
     try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise UserError(f"cannot import dataset factory '{spec}': {exc}") from None
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UserError(f"cannot import dataset factory '{spec}': {exc}") from exc
+    except Exception as exc:  # the user's module itself fails while importing: one line, chained for a debugger
+        raise UserError(f"importing dataset factory '{spec}' failed: {one_line(exc)}") from exc
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise UserError(f"cannot import dataset factory '{spec}': module '{module_name}' has no callable '{attr}'")
     try:
         train, test, num_classes = factory()
     except Exception as exc:  # the user's own code: any failure, one line
-        raise UserError(f"dataset factory '{spec}' failed: {type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+        raise UserError(f"dataset factory '{spec}' failed: {one_line(exc)}") from exc
     if isinstance(train, TensorSplit) and isinstance(test, TensorSplit):
         return _carve(spec, num_classes, train, test, heldout_size, seed)
     check_heldout(spec, len(train), heldout_size)

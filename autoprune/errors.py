@@ -7,3 +7,9 @@ from __future__ import annotations
 
 class UserError(Exception):
     """Bad input: unknown name, malformed budget, missing data, wrong checkpoint, ..."""
+
+
+def one_line(exc: BaseException) -> str:
+    """'TypeName: first line of the message': how a failure in the user's own code is named in one line."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__

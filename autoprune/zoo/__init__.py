@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from autoprune.errors import UserError
+from autoprune.errors import UserError, one_line
 from autoprune.support import drop_auxiliary_heads
 from autoprune.zoo.cifar_resnet import CifarResNet
 from autoprune.zoo.small_nets import SmallMobileNetV2, SmallVGG
@@ -169,16 +169,20 @@ def _torchvision_model(name: str, num_classes: int, weights: str | None) -> Mode
 def _user_model(spec: str, num_classes: int, in_channels: int) -> nn.Module:
     module_name, _, attr = spec.partition(":")
     try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise UserError(f"cannot import model factory '{spec}': {exc}") from None
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UserError(f"cannot import model factory '{spec}': {exc}") from exc
+    except Exception as exc:  # the user's module itself fails while importing: one line, chained for a debugger
+        raise UserError(f"importing model factory '{spec}' failed: {one_line(exc)}") from exc
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise UserError(f"cannot import model factory '{spec}': module '{module_name}' has no callable '{attr}'")
     params = inspect.signature(factory).parameters
     kwargs = {k: v for k, v in (("num_classes", num_classes), ("in_channels", in_channels)) if k in params}
     try:
         model = factory(**kwargs)
     except Exception as exc:  # the user's own code: any failure, one line
-        raise UserError(f"model factory '{spec}' failed: {type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+        raise UserError(f"model factory '{spec}' failed: {one_line(exc)}") from exc
     if not isinstance(model, nn.Module):
         raise UserError(f"model factory '{spec}' returned {type(model).__name__}, not a torch.nn.Module")
     return model
