@@ -29,7 +29,7 @@ from autoprune.rebuild import PYTHON_DATA, PYTHON_MODEL, prune_as_policy
 from autoprune.data import CALIB_BATCH, DataBundle, check_heldout, load_data
 from autoprune.errors import UserError, one_line
 from autoprune.policy import Policy
-from autoprune.search_job import Inputs, SearchConfig, build_setup, execute_search, prepare_run_dir
+from autoprune.search_job import Inputs, SearchConfig, execute_search, prepare_search
 from autoprune.zoo import ModelBundle
 
 DataArg = Dataset | DataLoader | None
@@ -140,11 +140,16 @@ def search(model: nn.Module | str, budget: str | Sequence[str], *, data: str | N
     inputs = None
     if not (named_model and data is not None and evaluate is None):
         inputs = _inputs(model, cfg, data, train, heldout, test, evaluate)
-    if cfg.out is None:
+    temporary = cfg.out is None
+    if temporary:
         cfg.out = Path(tempfile.mkdtemp(prefix="autoprune-run-"))
-    out_dir = prepare_run_dir(cfg)
-    setup = build_setup(cfg, inputs=inputs)
-    summary = execute_search(out_dir, setup)
+    try:
+        out_dir, setup = prepare_search(cfg, inputs=inputs)
+        summary = execute_search(out_dir, setup)
+    except BaseException:
+        if temporary and cfg.out.is_dir() and not any(cfg.out.iterdir()):
+            cfg.out.rmdir()  # refused or failed with nothing stored: leave nothing behind
+        raise
     return SearchResult(summary, setup.policy, setup.pruned, setup.bundle.model, out_dir, setup)
 
 

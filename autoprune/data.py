@@ -8,7 +8,6 @@ stay as torchvision datasets and are streamed.
 from __future__ import annotations
 
 import gzip
-import importlib
 import logging
 import os
 from dataclasses import dataclass, replace
@@ -18,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
-from autoprune.errors import UserError, one_line
+from autoprune.errors import UserError, import_factory, one_line
 
 log = logging.getLogger(__name__)
 
@@ -205,16 +204,7 @@ def _image_folder(spec: str, root: Path, heldout_size: int, seed: int) -> DataBu
 
 
 def _user_data(spec: str, heldout_size: int, seed: int) -> DataBundle:
-    module_name, _, attr = spec.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise UserError(f"cannot import dataset factory '{spec}': {exc}") from exc
-    except Exception as exc:  # the user's module itself fails while importing: one line, chained for a debugger
-        raise UserError(f"importing dataset factory '{spec}' failed: {one_line(exc)}") from exc
-    factory = getattr(module, attr, None)
-    if not callable(factory):
-        raise UserError(f"cannot import dataset factory '{spec}': module '{module_name}' has no callable '{attr}'")
+    factory = import_factory(spec, "dataset")
     try:
         train, test, num_classes = factory()
     except Exception as exc:  # the user's own code: any failure, one line

@@ -26,9 +26,9 @@ import torch
 from torch import nn
 
 from autoprune.errors import UserError
-from autoprune.graph import PruningGraph, _dependency_graph, chunk_positions
-from autoprune.importance import DATA_CRITERIA, importance
-from autoprune.policy import Policy, _chunk_order
+from autoprune.graph import PruningGraph
+from autoprune.importance import DATA_CRITERIA
+from autoprune.policy import Policy, removal_plan
 
 log = logging.getLogger(__name__)
 
@@ -78,23 +78,11 @@ def removed_channels(base: nn.Module, graph: PruningGraph, policy: Policy, *,
                         "channel_orders: pass the run's orders")
     kept = policy_kept(graph, policy)
     scratch = copy.deepcopy(base).cpu().eval()
-    modules = dict(scratch.named_modules())
-    names = {m: n for n, m in modules.items()}
-    # Same call sequence as apply_policy, so that even the random criterion draws the same numbers.
-    dg = _dependency_graph(scratch, torch.randn(1, *graph.input_shape))
-    imp = importance(criterion, seed) if orders is None else None
+    names = {m: n for n, m in scratch.named_modules()}
+    # apply_policy's own plan, so that even the random criterion draws the same numbers
+    dg, plans = removal_plan(scratch, graph, kept, criterion=criterion, seed=seed, orders=orders)
     removed: dict[str, set[int]] = {}
-    for g in graph.groups:
-        n_remove = g.channels - kept[g.index]
-        if n_remove <= 0:
-            continue
-        if n_remove % g.divisor:
-            raise UserError(f"group {g.name} keeps {kept[g.index]} of {g.channels} channels; its grouped "
-                            f"convolution needs a multiple of {g.divisor}")
-        root = modules[g.name]
-        order = orders[g.index] if orders is not None else _chunk_order(dg, root, g, imp)
-        fn = dg.get_pruner_of_module(root).prune_out_channels
-        idxs = chunk_positions(g.channels, g.divisor, order[:n_remove // g.divisor].tolist())
+    for root, fn, idxs in plans:
         for dep, dep_idxs in dg.get_pruning_group(root, fn, idxs=idxs).items:
             module = dep.target.module
             if isinstance(module, _MASKED_TYPES) and dg.is_out_channel_pruning_fn(dep.handler):

@@ -102,9 +102,19 @@ def apply_policy(model: nn.Module, graph: PruningGraph, kept: np.ndarray, *, cri
     `orders` (from `removal_orders`) fixes which channels go instead of scoring `model`'s own weights.
     """
     pruned = copy.deepcopy(model).cpu().eval()
-    modules = dict(pruned.named_modules())
-    example = torch.randn(1, *graph.input_shape)
-    dg = _dependency_graph(pruned, example)
+    dg, plans = removal_plan(pruned, graph, kept, criterion=criterion, seed=seed, orders=orders)
+    for root, fn, idxs in plans:
+        dg.get_pruning_group(root, fn, idxs=idxs).prune()
+    return pruned
+
+
+def removal_plan(model: nn.Module, graph: PruningGraph, kept: np.ndarray, *, criterion: str = "l2",
+                 seed: int = 0, orders: list[torch.Tensor] | None = None) -> tuple[tp.DependencyGraph, list]:
+    """Torch-Pruning's dependency graph of `model` and, for every group that loses channels, (root module,
+    its pruning function, the channel indices that go): what `apply_policy` prunes and `autoprune.masks`
+    reads off as masks. The random calls happen in one fixed order, so even the random criterion repeats."""
+    modules = dict(model.named_modules())
+    dg = _dependency_graph(model, torch.randn(1, *graph.input_shape))
     if orders is None and criterion in DATA_CRITERIA:
         raise UserError(f"criterion '{criterion}' ranks channels with training data: pass its removal orders")
     imp = importance(criterion, seed) if orders is None else None
@@ -120,6 +130,4 @@ def apply_policy(model: nn.Module, graph: PruningGraph, kept: np.ndarray, *, cri
         order = orders[g.index] if orders is not None else _chunk_order(dg, root, g, imp)
         fn = dg.get_pruner_of_module(root).prune_out_channels
         plans.append((root, fn, chunk_positions(g.channels, g.divisor, order[:n_remove // g.divisor].tolist())))
-    for root, fn, idxs in plans:
-        dg.get_pruning_group(root, fn, idxs=idxs).prune()
-    return pruned
+    return dg, plans

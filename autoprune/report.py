@@ -246,7 +246,8 @@ def _summary_table(s: dict) -> str:
     if s.get("uniform_macs"):
         rows.append(("MACs, uniform at the same budget", "", human(s["uniform_macs"]),
                      f"{s['uniform_macs'] / s['base_macs']:.1%}"))
-    for label, key in (("held-out top-1", "heldout_accuracy"), ("test top-1", "test_accuracy")):
+    scored = "your evaluate function" if s.get("scored_by") == "evaluate function" else "held-out top-1"
+    for label, key in ((scored, "heldout_accuracy"), ("test top-1", "test_accuracy")):
         if s.get(key) is not None:
             rows.append((label, pct(s.get(f"base_{key}")), pct(s[key]),
                          f"{100 * (s[key] - s[f'base_{key}']):+.2f} pp" if s.get(f"base_{key}") is not None else ""))

@@ -267,11 +267,16 @@ def run_search(cfg: SearchConfig, *, on_result: Callable[[EvalResult, Problem], 
     return execute_search(out, setup, on_result=on_result, on_stage=on_stage)
 
 
-def prepare_search(cfg: SearchConfig, *,
-                   on_profile: Callable[[str, int, int], None] | None = None) -> tuple[Path, Setup]:
+def prepare_search(cfg: SearchConfig, *, on_profile: Callable[[str, int, int], None] | None = None,
+                   inputs: Inputs | None = None) -> tuple[Path, Setup]:
     """Every check that can refuse the input; writes nothing."""
     out = prepare_run_dir(cfg)
-    return out, build_setup(cfg, on_profile=on_profile)
+    setup = build_setup(cfg, on_profile=on_profile, inputs=inputs)
+    if cfg.workers > 1:  # an unreachable cluster: refused now, before the run folder exists
+        from autoprune.workers import check_ray_address
+
+        check_ray_address(cfg.ray_address, "--ray-address")
+    return out, setup
 
 
 def execute_search(out: Path, setup: Setup, *, on_result: Callable[[EvalResult, Problem], None] | None = None,

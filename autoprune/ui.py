@@ -58,8 +58,9 @@ def summary_table(s: dict) -> Table:
     t.add_row("params", human(s["base_params"]), human(s["params"]), f"{s['params'] / s['base_params']:.1%}")
     t.add_row("held-out top-1", f"{s['base_heldout_accuracy']:.4f}", f"{s['heldout_accuracy']:.4f}",
               f"{s['heldout_accuracy'] - s['base_heldout_accuracy']:+.4f}")
-    t.add_row("test top-1", f"{s['base_test_accuracy']:.4f}", f"{s['test_accuracy']:.4f}",
-              f"{s['test_accuracy'] - s['base_test_accuracy']:+.4f}")
+    if s.get("test_accuracy") is not None:  # a Python API run may have no test split
+        t.add_row("test top-1", f"{s['base_test_accuracy']:.4f}", f"{s['test_accuracy']:.4f}",
+                  f"{s['test_accuracy'] - s['base_test_accuracy']:+.4f}")
     if "pruningnet" in s:
         p = s["pruningnet"]
         t.add_row("held-out top-1, PruningNet weights", "", f"{p['heldout_accuracy']:.4f}",

@@ -85,25 +85,30 @@ class WorkerPool:
 
 
 def connect_ray(address: str | None, flag: str, **kwargs) -> None:
-    """ray.init(address, **kwargs) (address None: a local Ray).
-
-    A HOST:PORT that does not answer is bad input: one line naming it and what to check. It is asked
-    with a plain TCP connect first, because ray.init itself retries for minutes (measured: still
-    waiting after 5 min on a closed port), printing C++ warnings all the while.
-    """
+    """ray.init(address, **kwargs) (address None: a local Ray), after `check_ray_address`."""
     import ray
 
-    host, sep, port = (address or "").rpartition(":")
-    if address and sep and port.isdigit() and "://" not in address:
-        import socket
-
-        try:
-            socket.create_connection((host, int(port)), timeout=RAY_CONNECT_TIMEOUT_S).close()
-        except OSError as exc:
-            raise UserError(f"cannot reach the Ray cluster at {flag} {address} ({exc.strerror or exc}): check that "
-                            "`ray start --head` runs there, that HOST:PORT is its GCS address (default port 6379) "
-                            "and that no firewall blocks it") from exc
+    check_ray_address(address, flag)
     ray.init(**({"address": address} if address else {}), **kwargs)
+
+
+def check_ray_address(address: str | None, flag: str) -> None:
+    """A HOST:PORT that does not answer is bad input: one line naming it and what to check.
+
+    Asked with a plain TCP connect, because ray.init itself retries for minutes (measured: still
+    waiting after 5 min on a closed port), printing C++ warnings all the while.
+    """
+    host, sep, port = (address or "").rpartition(":")
+    if not (address and sep and port.isdigit() and "://" not in address):
+        return  # None, "auto", ray:// client addresses: Ray's own handling
+    import socket
+
+    try:
+        socket.create_connection((host, int(port)), timeout=RAY_CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        raise UserError(f"cannot reach the Ray cluster at {flag} {address} ({exc.strerror or exc}): check that "
+                        "`ray start --head` runs there, that HOST:PORT is its GCS address (default port 6379) "
+                        "and that no firewall blocks it") from exc
 
 
 RAY_CONNECT_TIMEOUT_S = 5.0

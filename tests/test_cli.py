@@ -401,3 +401,8 @@ def test_a_user_factory_that_raises_is_one_line(env, capsys, monkeypatch, tmp_pa
     code, _, err = _main(["search", "resnet20", "--budget", "50%FLOPs", "--weights", "random", "--data",
                           "autoprune_raising_factories:data", "--out", str(out)], capsys, monkeypatch)
     _assert_one_line_error(code, err, out, "dataset factory", "OSError", "my bucket is offline")
+    (env["mods"] / "autoprune_broken_module.py").write_text("import os\nWIDTH = undefined_name\n")
+    code, _, err = _main(["search", "autoprune_broken_module:model", "--budget", "50%FLOPs", "--weights", "random",
+                          "--data", env["data"], "--heldout", "300", "--out", str(out)], capsys, monkeypatch)
+    _assert_one_line_error(code, err, out, "importing model factory 'autoprune_broken_module:model' failed",
+                           "NameError", "undefined_name")

@@ -247,3 +247,29 @@ def test_shipped_sweep_files_are_valid():
     block = docs.split("```yaml\n", 1)[1].split("```", 1)[0]
     spec = parse_sweep(block, "docs/sweeps.md")
     assert len(spec.trials()) == 45 and spec.gpus_per_trial == 1 and spec.threads() == 8
+
+
+def test_unreachable_ray_cluster_is_one_line_for_sweep_and_search(env, tmp_path, capsys, monkeypatch):
+    """A closed port answers at once: the line names the address and what to check, nothing is written."""
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{s.getsockname()[1]}"
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("ray.init reached for an unreachable cluster"))
+    sweep_file = tmp_path / "ok.yaml"
+    sweep_file.write_text(_sweep_yaml(env["data"], env["ckpt"]))
+    out = tmp_path / "sweep"
+    code, err = _main(["sweep", str(sweep_file), "--out", str(out), "--address", address], capsys, monkeypatch)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1, err
+    assert f"cannot reach the Ray cluster at --address {address}" in lines[0] and "ray start --head" in lines[0]
+    assert not out.exists()
+    run = tmp_path / "run"
+    code, err = _main(["search", "resnet20", "--budget", "50%FLOPs", "--weights", str(env["ckpt"]), "--data",
+                       env["data"], "--heldout", "300", "--agent", "random", "--evals", "2", "--workers", "2",
+                       "--ray-address", address, "--out", str(run)], capsys, monkeypatch)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and f"--ray-address {address}" in lines[0], err
+    assert not run.exists()

@@ -8,7 +8,6 @@ Train-only auxiliary classifiers (GoogLeNet, Inception v3) are dropped, with a w
 """
 from __future__ import annotations
 
-import importlib
 import inspect
 import json
 import warnings
@@ -19,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from autoprune.errors import UserError, one_line
+from autoprune.errors import UserError, import_factory, one_line
 from autoprune.support import drop_auxiliary_heads
 from autoprune.zoo.cifar_resnet import CifarResNet
 from autoprune.zoo.small_nets import SmallMobileNetV2, SmallVGG
@@ -167,16 +166,7 @@ def _torchvision_model(name: str, num_classes: int, weights: str | None) -> Mode
 
 
 def _user_model(spec: str, num_classes: int, in_channels: int) -> nn.Module:
-    module_name, _, attr = spec.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise UserError(f"cannot import model factory '{spec}': {exc}") from exc
-    except Exception as exc:  # the user's module itself fails while importing: one line, chained for a debugger
-        raise UserError(f"importing model factory '{spec}' failed: {one_line(exc)}") from exc
-    factory = getattr(module, attr, None)
-    if not callable(factory):
-        raise UserError(f"cannot import model factory '{spec}': module '{module_name}' has no callable '{attr}'")
+    factory = import_factory(spec, "model")
     params = inspect.signature(factory).parameters
     kwargs = {k: v for k, v in (("num_classes", num_classes), ("in_channels", in_channels)) if k in params}
     try:
