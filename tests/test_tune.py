@@ -244,7 +244,7 @@ def test_shipped_sweep_files_are_valid():
     root = Path(__file__).parent.parent
     assert len(load_sweep(root / "bench" / "sweeps" / "fmnist-zoo.yaml").trials()) == 2 * 2 * 3
     docs = (root / "docs" / "sweeps.md").read_text()
-    block = docs.split("```yaml\n", 1)[1].split("```", 1)[0]
+    block = next(b.split("```", 1)[0] for b in docs.split("```yaml\n")[1:] if "resnet50" in b.split("```", 1)[0])
     spec = parse_sweep(block, "docs/sweeps.md")
     assert len(spec.trials()) == 45 and spec.gpus_per_trial == 1 and spec.threads() == 8
 

@@ -3,7 +3,7 @@
 One representative per family, random weights, small inputs (64x64; Inception v3 96x96), a held-out
 split of 8 images and one calibration batch: graph analysis, the uniform policy at 50% FLOPs,
 physical pruning and scoring, with the analytic MACs checked against Torch-Pruning's counter on
-the pruned model. README's "Models" table is this matrix (checked below). Deselect with
+the pruned model. docs/design.md's "Models" table is this matrix (checked below). Deselect with
 `-m "not zoo"` (about two minutes on two cores).
 """
 from __future__ import annotations
@@ -86,8 +86,8 @@ def test_family_is_refused_in_one_line_leaving_nothing(family, tmp_path, capsys,
     assert not out.exists()
 
 
-def test_readme_models_table_is_this_matrix():
-    text = (Path(__file__).parents[1] / "README.md").read_text()
+def test_docs_models_table_is_this_matrix():
+    text = (Path(__file__).parents[1] / "docs" / "design.md").read_text()
     rows = re.findall(r"^\s*\| ([a-z0-9_ ()]+?) \| `([a-z0-9_]+)` \| (prunes|refused) \|", text, flags=re.M)
     assert {f: (m, status) for f, m, status in rows} == {
         f: (m, "prunes" if refusal is None else "refused") for f, (m, refusal) in FAMILIES.items()}
