@@ -13,7 +13,7 @@ import argparse
 import copy
 import glob
 import json
-import re
+import statistics
 import sys
 import tempfile
 import time
@@ -153,8 +153,11 @@ def markdown(result: dict) -> str:
              f"Autoprune rows rebuilt as a `--reconstruct` run (apply_policy, least-squares refit, adaptive BN); "
              f"tp-global as Torch-Pruning leaves it plus adaptive BN. {m['cpu']}, {m['torch_threads']} torch "
              f"thread(s), device {m['device']}, torch {m['torch']}, {m['date']}, commit {(m['commit'] or '?')[:7]}."
-             + ("" if result["complete"] else "\n\nPARTIAL: the run has not finished (or was stopped)."),
-             "", "| model | seed | row | MACs % | held-out (search) | unpruned test | pruned test | epochs | "
+             + ("" if result["complete"] else "\n\nPARTIAL: the run was stopped (or has not finished); see Not run."),
+             "", "Held-out: the search's score of the winner (refitted only where the search used --reconstruct), "
+             "then the rebuilt model's (always refitted, except tp-global). Δ: against the unpruned test accuracy. "
+             "One seed, 10,000 test images: one standard error is about 0.25 pp.",
+             "", "| model | seed | row | MACs % | held-out (search / rebuilt) | unpruned test | pruned test | epochs | "
              "fine-tuned test (Δ pp) | distilled test (Δ pp) | s/epoch plain, distill |", "|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def cell(r: dict, mode: str) -> str:
@@ -165,7 +168,7 @@ def markdown(result: dict) -> str:
         secs = ", ".join(f"{sum(r[k]['epoch_seconds']) / len(r[k]['epoch_seconds']):.0f}" if r.get(k) else "–"
                          for k in MODES)
         lines.append(f"| {r['model']} | {r['seed']} | {r['row']} | {100 * r['macs_fraction']:.2f} | "
-                     f"{100 * r['search_heldout']:.2f} | {100 * r['unpruned_test']:.2f} | {100 * r['pruned_test']:.2f} | "
+                     f"{100 * r['search_heldout']:.2f} / {100 * r['rebuilt_heldout']:.2f} | {100 * r['unpruned_test']:.2f} | {100 * r['pruned_test']:.2f} | "
                      f"{r['epochs']} | {cell(r, 'plain')} | {cell(r, 'distill')} | {secs} |")
     lines += ["", f"Target (issue 15): after fine-tuning, within {TARGET_PP} pp of the unpruned test accuracy. "
               f"AMC's ResNet-56 CIFAR-10 figure at 50% FLOPs: {AMC_PP:+.1f} pp after fine-tuning."]
@@ -175,7 +178,10 @@ def markdown(result: dict) -> str:
         if done:
             row, k, d = max(done, key=lambda t: t[2])
             met = [f"{rw} {kk}" for rw, kk, dd in done if dd >= -TARGET_PP / 100]
-            lines.append(f"- {model}: best {row} {k} {100 * d:+.2f} pp; target "
+            med = {kk: statistics.median(dd for _, k2, dd in done if k2 == kk) for kk in MODES
+                   if any(k2 == kk for _, k2, _ in done)}
+            lines.append(f"- {model}: best {row} {k} {100 * d:+.2f} pp; median over rows "
+                         + ", ".join(f"{kk} {100 * v:+.2f} pp" for kk, v in med.items()) + "; target "
                          + (f"met by {', '.join(met)}" if met else "missed by every row") + ".")
     lines += ["", "Where each winner came from (best held-out over eligible search_quality files: today's weights, "
               f"held-out {a['heldout']} images, {a['calib_batches']}×64 adaptive-BN images, l2, stem left alone, "
@@ -187,6 +193,8 @@ def markdown(result: dict) -> str:
               f"the search reported test {100 * r['search_test']:.2f})" for r in runs]
     if result.get("not_run"):
         lines += ["", "Not run: " + "; ".join(result["not_run"]) + "."]
+    if result.get("notes"):  # written by hand after a run: why it was stopped, what was sized down
+        lines += ["", result["notes"]]
     return "\n".join(lines) + "\n"
 
 
