@@ -174,14 +174,15 @@ def apply(model: nn.Module, policy: Policy | str | Path | SearchResult, *, train
     if train is not None and data is not None:
         raise UserError("give train= (your data) or data= (a registered dataset), not both")
     meta = policy.meta
-    calib = None
+    calib, shape = None, None
     if train is not None or data is not None:
         from autoprune.evaluate import calibration_batches
 
         split = (_dataset(train, "train") if train is not None
                  else load_data(data, heldout_size=meta.get("heldout_images") or 5000).train)
         calib = calibration_batches(split, meta.get("calib_batches", 20), CALIB_BATCH, meta.get("seed", 0))
-    pruned, _ = prune_as_policy(model, policy, calib, device, recalibrate=calib is not None)
+        shape = tuple(split[0][0].shape)  # for a hand-made Policy that does not record its input shape
+    pruned, _ = prune_as_policy(model, policy, calib, device, recalibrate=calib is not None, input_shape=shape)
     return pruned
 
 

@@ -60,7 +60,8 @@ def load_run_model(policy_path: Path, *, weights: str | None = None, data: str |
         data_bundle = data_bundle.with_channels(bundle.in_channels)
     calib = calibration_batches(data_bundle.train, meta.get("calib_batches", 20), CALIB_BATCH, meta.get("seed", 0))
     pruned, graph = prune_as_policy(base, policy, calib if recalibrate or meta.get("reconstruction") else None,
-                                    device, recalibrate=recalibrate)
+                                    device, recalibrate=recalibrate,
+                                    input_shape=(data_bundle.in_channels, *data_bundle.input_size))
     return LoadedRun(policy, base, pruned, graph, data_bundle)
 
 
@@ -69,12 +70,13 @@ PYTHON_DATA = "python objects"  # its "data" when the splits were handed over as
 
 
 def prune_as_policy(base: nn.Module, policy: Policy, calib: list[torch.Tensor] | None, device: str = "auto", *,
-                    recalibrate: bool = True) -> tuple[nn.Module, PruningGraph]:
+                    recalibrate: bool = True, input_shape: tuple | None = None) -> tuple[nn.Module, PruningGraph]:
     """A pruned copy of `base` as `policy` (with its policy.json meta) says: the same groups, kept channels,
     channel ranking, least-squares refit when the search refitted, then adaptive BN on `calib` (None: no
-    recalibration, for a model without BN or a caller who recalibrates itself)."""
+    recalibration, for a model without BN or a caller who recalibrates itself). `input_shape` stands in
+    for a policy.json that does not record it."""
     meta = policy.meta
-    input_shape = meta.get("input_shape")
+    input_shape = meta.get("input_shape") or input_shape  # a hand-written policy: the data's shape
     if not input_shape:
         raise UserError("the policy does not say the model's input shape (input_shape in policy.json)")
     # the groups the search saw: the same layers left out

@@ -57,6 +57,9 @@ def test_search_a_module_on_user_dataloaders(splits, tmp_path):
     again = autoprune.apply(model, saved, train=train)
     x = test.tensors[0][:16]
     assert torch.allclose(again.eval()(x), result.pruned_model.eval()(x), atol=1e-5)
+    # a hand-made Policy (ratios only, no policy.json entries) gets its input shape from the data
+    by_hand = autoprune.apply(model, autoprune.Policy(ratios=dict(result.policy.ratios)), train=train)
+    assert [p.shape for p in by_hand.parameters()] == [p.shape for p in result.pruned_model.parameters()]
 
 
 def test_search_with_the_users_evaluate_function(splits):
