@@ -104,6 +104,8 @@ def test_sweep_writes_the_comparison_table_and_policies(swept):
     assert results["trials"] == 2 and results["ok"] == 2 and results["failed"] == 0
     rows = {r["agent"]: r for r in results["rows"]}
     assert set(rows) == {"random", "uniform"}
+    # the sweep's report and every trial's own, written at the end without being asked for
+    assert "random" in (out / "report.html").read_text() and len(list(out.glob("runs/*/report.html"))) == 2
     assert rows["random"]["evaluations"] == 3 and rows["uniform"]["evaluations"] == 1
     for r in rows.values():
         assert r["status"] == "ok" and r["model"] == "resnet20" and r["budgets"] == "50%FLOPs" and r["error"] is None
