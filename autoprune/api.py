@@ -23,10 +23,10 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset
 
 from autoprune.rebuild import PYTHON_DATA, PYTHON_MODEL, prune_as_policy
-from autoprune.data import CALIB_BATCH, DataBundle, check_heldout, load_data
+from autoprune.data import CALIB_BATCH, DataBundle, carve_heldout, load_data
 from autoprune.errors import UserError, one_line
 from autoprune.policy import Policy
 from autoprune.search_job import Inputs, SearchConfig, execute_search, prepare_search
@@ -214,10 +214,7 @@ def _inputs(model: nn.Module | str, cfg: SearchConfig, data: str | None, train: 
         held_ds = None if heldout is None else _dataset(heldout, "heldout")
         test_ds = None if test is None else _dataset(test, "test")
         if held_ds is None and evaluate is None:  # carved from the training set, as the CLI does
-            check_heldout("train", len(train_ds), cfg.heldout)
-            perm = torch.randperm(len(train_ds), generator=torch.Generator().manual_seed(0))
-            held_ds = Subset(train_ds, perm[:cfg.heldout].sort().values.tolist())
-            train_ds = Subset(train_ds, perm[cfg.heldout:].sort().values.tolist())
+            train_ds, held_ds = carve_heldout("train", train_ds, cfg.heldout)
         x0 = train_ds[0][0]
         bundle_data = DataBundle(PYTHON_DATA, 0, x0.shape[0], tuple(x0.shape[1:]), train_ds, held_ds, test_ds,
                                  augment=False)

@@ -211,12 +211,16 @@ def _user_data(spec: str, heldout_size: int, seed: int) -> DataBundle:
         raise UserError(f"dataset factory '{spec}' failed: {one_line(exc)}") from exc
     if isinstance(train, TensorSplit) and isinstance(test, TensorSplit):
         return _carve(spec, num_classes, train, test, heldout_size, seed)
-    check_heldout(spec, len(train), heldout_size)
+    rest, held = carve_heldout(spec, train, heldout_size, seed)
     x0, _ = train[0]
+    return DataBundle(spec, num_classes, x0.shape[0], tuple(x0.shape[1:]), rest, held, test, augment=False)
+
+
+def carve_heldout(name: str, train: Dataset, heldout_size: int, seed: int = 0) -> tuple[Dataset, Dataset]:
+    """(the rest of `train`, a held-out split of `heldout_size`) drawn by `seed`, for any Dataset."""
+    check_heldout(name, len(train), heldout_size)
     perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
-    held, rest = perm[:heldout_size].tolist(), perm[heldout_size:].tolist()
-    return DataBundle(spec, num_classes, x0.shape[0], tuple(x0.shape[1:]), Subset(train, rest),
-                      Subset(train, held), test, augment=False)
+    return Subset(train, perm[heldout_size:].tolist()), Subset(train, perm[:heldout_size].tolist())
 
 
 def batches(ds: Dataset, batch_size: int, *, shuffle: bool = False, seed: int = 0,
