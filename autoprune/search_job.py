@@ -271,12 +271,11 @@ def prepare_search(cfg: SearchConfig, *, on_profile: Callable[[str, int, int], N
                    inputs: Inputs | None = None) -> tuple[Path, Setup]:
     """Every check that can refuse the input; writes nothing."""
     out = prepare_run_dir(cfg)
-    setup = build_setup(cfg, on_profile=on_profile, inputs=inputs)
-    if cfg.workers > 1:  # an unreachable cluster: refused now, before the run folder exists
+    if cfg.workers > 1:  # an unreachable cluster: refused now (a TCP connect), before loading anything
         from autoprune.workers import check_ray_address
 
         check_ray_address(cfg.ray_address, "--ray-address")
-    return out, setup
+    return out, build_setup(cfg, on_profile=on_profile, inputs=inputs)
 
 
 def execute_search(out: Path, setup: Setup, *, on_result: Callable[[EvalResult, Problem], None] | None = None,
