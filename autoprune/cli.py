@@ -160,6 +160,9 @@ def search(
                                             "line says so).")] = False,
 ) -> None:
     """Search per-group prune ratios that keep the most held-out accuracy within the budget(s)."""
+    from autoprune.zoo import check_weights
+
+    check_weights(model, data, weights)  # no trained weights: one line before the engine's imports (seconds)
     from autoprune import agents as registry
     from autoprune.search_job import SearchConfig
     from autoprune.ui import run_search_with_progress

@@ -32,7 +32,7 @@ from autoprune.policy import Policy
 from autoprune.problem import EvalResult, Problem
 from autoprune.study import Study, StudyInfo, public_url
 from autoprune.outcome import final_pick, policy_details
-from autoprune.zoo import ModelBundle, build_model
+from autoprune.zoo import ModelBundle, build_model, check_weights
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +156,8 @@ def build_setup(cfg: SearchConfig, *, on_profile: Callable[[str, int, int], None
     `inputs` replaces the config's model and data names with objects (the Python API).
     """
     check_config(cfg)
+    if inputs is None:  # no trained weights for this model and data: refused before either loads
+        check_weights(cfg.model, cfg.data, cfg.weights)
     device = resolve_device(cfg.device)
     if inputs is None:
         data = load_data(cfg.data, heldout_size=cfg.heldout)
@@ -352,6 +354,8 @@ def _execute(out: Path, setup: Setup, *, on_result: Callable[[EvalResult, Proble
 
     stage("scoring the unpruned model")
     base_heldout = problem.evaluator(setup.bundle.model, recalibrate=False)["top1"]  # as shipped: no BN change
+    if setup.inputs is None or setup.inputs.score is None:
+        warn_if_chance(base_heldout, setup.data.num_classes)
     if on_result:
         problem.callbacks.append(lambda r: on_result(r, problem))
     n_evals = cfg.n_evals()
@@ -450,6 +454,14 @@ def _execute(out: Path, setup: Setup, *, on_result: Callable[[EvalResult, Proble
     summary["files"] = {k: str(v) for k, v in {"policy": out / "policy.json", "study": public_url(storage),
                                                **files}.items()}
     return summary
+
+
+def warn_if_chance(base_heldout: float, num_classes: int) -> None:
+    """One warning when the unpruned model's held-out top-1 is within 2 points of chance (or below it)."""
+    chance = 1.0 / num_classes if num_classes else 0.0
+    if chance and base_heldout <= chance + 0.02:
+        log.warning("the base model scores %.1f%% on held-out, chance is %.1f%%: its weights look untrained; "
+                    "the search will rank noise", 100 * base_heldout, 100 * chance)
 
 
 def write_run_report(folder: Path) -> Path | None:
