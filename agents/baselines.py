@@ -8,6 +8,8 @@ import numpy as np
 import torch
 import torch_pruning as tp
 
+from autoprune import tp_extensions
+
 log = logging.getLogger(__name__)
 
 
@@ -51,16 +53,16 @@ class GlobalSearch:
     def search(self, problem, n_evals: int, *, seed: int) -> None:
         p = 1 if problem.criterion == "l1" else 2  # Torch-Pruning's magnitude ranking with the run's norm
         graph, space = problem.space.graph, problem.space
-        example = torch.randn(1, *graph.input_shape)
+        example = graph.example()
         names = graph.group_names()
 
         def ratios_at(r: float) -> np.ndarray:
             model = copy.deepcopy(problem.model).cpu().eval()
             modules = dict(model.named_modules())
-            pruner = tp.pruner.MetaPruner(
+            pruner = tp_extensions.meta_pruner(
                 model, example, importance=tp.importance.GroupMagnitudeImportance(p=p),
                 global_pruning=True, pruning_ratio=r, max_pruning_ratio=float(space.max_ratio),
-                ignored_layers=[modules[n] for n in graph.ignored])
+                ignored_layers=[modules[n] for n in graph.ignored_layers()])
             pruner.step()
             kept = np.array([_out_channels(modules[n]) for n in names], dtype=np.float64)
             return 1.0 - kept / space.channels

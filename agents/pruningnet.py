@@ -41,6 +41,7 @@ from autoprune.data import TensorSplit, batches
 from autoprune.errors import UserError
 from autoprune.saved import load_versioned, save_atomic
 from autoprune.graph import PruningGraph, chunk_positions
+from autoprune.probe import call_model
 from autoprune.train import augment
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ def _mask_points(model: nn.Module, graph: PruningGraph) -> dict[str, int]:
              for m in model.modules() if not list(m.children())]
     try:
         with torch.no_grad():
-            model.eval()(torch.randn(1, *graph.input_shape))
+            call_model(model.eval(), graph.example())
     finally:
         for h in hooks:
             h.remove()

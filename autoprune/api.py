@@ -98,7 +98,8 @@ class SearchResult:
 
 def search(model: nn.Module | str, budget: str | Sequence[str], *, data: str | None = None,
            train: DataArg = None, heldout: DataArg | int = None, test: DataArg = None,
-           evaluate: Callable[[nn.Module], float] | None = None, agent: str = "tpe", evals: int | None = None,
+           evaluate: Callable[[nn.Module], float] | None = None, example_inputs=None,
+           batch_to_inputs: Callable | None = None, agent: str = "tpe", evals: int | None = None,
            seed: int = 0, out: str | Path | None = None, device: str = "auto",
            **options) -> SearchResult:
     """Search per-group prune ratios of `model` that keep the most accuracy within `budget`.
@@ -111,6 +112,10 @@ def search(model: nn.Module | str, budget: str | Sequence[str], *, data: str | N
       sets how many images to carve, default 5000), or evaluate: your `evaluate(model) -> float` in
       [0, 1] (higher is better), called after BN recalibration on `train`,
       test: an optional test split, used only for the final report.
+    example_inputs: what the model is traced with (a tensor, tuple or dict, batch included, as
+      Torch-Pruning takes it), instead of one image of `train`; batch_to_inputs: a batch of `train` ->
+      the model's input, for BN recalibration (default: the batch's first element). With `evaluate`,
+      the model may return anything (a dict of segmentation maps, a tuple, features).
     A DataLoader contributes its dataset: autoprune draws its own seeded batches, so results repeat.
     options: every other `autoprune search` option by its name (criterion="taylor", reconstruct=True,
       fidelity="auto", max_ratio=0.7, finetune_epochs=3, distill=True, workers=2, ...; see
@@ -138,8 +143,9 @@ def search(model: nn.Module | str, budget: str | Sequence[str], *, data: str | N
                        data=data or PYTHON_DATA, agent=agent, evals=evals, seed=seed, device=device,
                        out=Path(out) if out is not None else None, **options)
     inputs = None
-    if not (named_model and data is not None and evaluate is None):
-        inputs = _inputs(model, cfg, data, train, heldout, test, evaluate)
+    extras = {"evaluate": evaluate, "example_inputs": example_inputs, "batch_to_inputs": batch_to_inputs}
+    if not (named_model and data is not None and not any(v is not None for v in extras.values())):
+        inputs = _inputs(model, cfg, data, train, heldout, test, extras)
     temporary = cfg.out is None
     if temporary:
         cfg.out = Path(tempfile.mkdtemp(prefix="autoprune-run-"))
@@ -154,12 +160,14 @@ def search(model: nn.Module | str, budget: str | Sequence[str], *, data: str | N
 
 
 def apply(model: nn.Module, policy: Policy | str | Path | SearchResult, *, train: DataArg = None,
-          data: str | None = None, device: str = "auto") -> nn.Module:
+          data: str | None = None, device: str = "auto", example_inputs=None,
+          batch_to_inputs: Callable | None = None) -> nn.Module:
     """A physically pruned copy of `model` as `policy` says (a Policy, a policy.json, its run folder, or a result).
 
     The same channels go as in the search (its criterion, seed, data-aware orders); BN statistics are
     recalibrated on `train` (your Dataset/DataLoader) or the registered dataset `data` -- the search's
     calibration batches when it is the same data -- and without either they are left as they are.
+    `example_inputs` / `batch_to_inputs`: as the search was given them.
 
     >>> pruned = autoprune.apply(model, "runs/mine/policy.json", train=train_set)
     """
@@ -180,9 +188,11 @@ def apply(model: nn.Module, policy: Policy | str | Path | SearchResult, *, train
 
         split = (_dataset(train, "train") if train is not None
                  else load_data(data, heldout_size=meta.get("heldout_images") or 5000).train)
-        calib = calibration_batches(split, meta.get("calib_batches", 20), CALIB_BATCH, meta.get("seed", 0))
+        calib = calibration_batches(split, meta.get("calib_batches", 20), CALIB_BATCH, meta.get("seed", 0),
+                                    batch_to_inputs)
         shape = tuple(split[0][0].shape)  # for a hand-made Policy that does not record its input shape
-    pruned, _ = prune_as_policy(model, policy, calib, device, recalibrate=calib is not None, input_shape=shape)
+    pruned, _ = prune_as_policy(model, policy, calib, device, recalibrate=calib is not None, input_shape=shape,
+                                example_inputs=example_inputs)
     return pruned
 
 
@@ -205,7 +215,7 @@ def _dataset(split: DataArg, what: str) -> Dataset:
 
 
 def _inputs(model: nn.Module | str, cfg: SearchConfig, data: str | None, train: DataArg, heldout: DataArg,
-            test: DataArg, evaluate: Callable | None) -> Inputs:
+            test: DataArg, extras: dict) -> Inputs:
     """The engine's bundles from the user's objects (or a registered dataset with a model object)."""
     if data is not None:
         bundle_data = load_data(data, heldout_size=cfg.heldout)
@@ -213,11 +223,12 @@ def _inputs(model: nn.Module | str, cfg: SearchConfig, data: str | None, train: 
         train_ds = _dataset(train, "train")
         held_ds = None if heldout is None else _dataset(heldout, "heldout")
         test_ds = None if test is None else _dataset(test, "test")
-        if held_ds is None and evaluate is None:  # carved from the training set, as the CLI does
+        if held_ds is None and extras["evaluate"] is None:  # carved from the training set, as the CLI does
             train_ds, held_ds = carve_heldout("train", train_ds, cfg.heldout)
         x0 = train_ds[0][0]
         bundle_data = DataBundle(PYTHON_DATA, 0, x0.shape[0], tuple(x0.shape[1:]), train_ds, held_ds, test_ds,
                                  augment=False)
+    bundle_data = dataclasses.replace(bundle_data, **{k: v for k, v in extras.items() if v is not None})
     if isinstance(model, str):
         from autoprune.zoo import build_model
 
@@ -226,20 +237,24 @@ def _inputs(model: nn.Module | str, cfg: SearchConfig, data: str | None, train: 
     else:
         module = copy.deepcopy(model).cpu().eval()  # the caller's model stays as it was
         bundle = ModelBundle(module, cfg.model, PYTHON_MODEL, bundle_data.in_channels,
-                             _classes(module, bundle_data))
+                             _classes(module, bundle_data, extras["example_inputs"]))
     bundle_data = bundle_data.with_channels(bundle.in_channels)
     if not bundle_data.num_classes:
         bundle_data = dataclasses.replace(bundle_data, num_classes=bundle.num_classes)
-    return Inputs(bundle, bundle_data, evaluate)
+    return Inputs(bundle, bundle_data)
 
 
-def _classes(model: nn.Module, data: DataBundle) -> int:
-    """The model's output width, from one forward pass on a zero image of the data's shape."""
+def _classes(model: nn.Module, data: DataBundle, example=None) -> int:
+    """The model's output width (dim 1 of its first output tensor), from one forward pass on `example`
+    or a zero image of the data's shape; 0 for an output without one (scored by an evaluate function)."""
+    from autoprune.probe import call_model, output_shapes
+
+    x = example if example is not None else torch.zeros(2, data.in_channels, *data.input_size)
     try:
         with torch.no_grad():
-            out = model(torch.zeros(2, data.in_channels, *data.input_size))
+            out = call_model(model, x)
     except Exception as exc:  # the user's model on the user's input shape: one line
-        raise UserError(f"the model fails on the data's input shape {(data.in_channels, *data.input_size)}: "
-                        f"{one_line(exc)}") from exc
-    out = out[0] if isinstance(out, (tuple, list)) else out
-    return int(out.shape[1])
+        shape = "example_inputs" if example is not None else f"input shape {(data.in_channels, *data.input_size)}"
+        raise UserError(f"the model fails on the data's {shape}: {one_line(exc)}") from exc
+    shapes = output_shapes(out)
+    return int(shapes[0][1]) if shapes and len(shapes[0]) > 1 else 0

@@ -265,10 +265,8 @@ def export(
         raise UserError(f"{out} already exists and is not empty: choose another --out")
     loaded = load_run_model(policy, weights=weights, device=device)
     out.mkdir(parents=True, exist_ok=True)
-    import torch
-
-    files = write_exports(out, loaded.graph, loaded.policy, loaded.pruned.cpu(),
-                          torch.randn(1, *loaded.graph.input_shape), base=loaded.base)
+    files = write_exports(out, loaded.graph, loaded.policy, loaded.pruned.cpu(), loaded.graph.example(),
+                          base=loaded.base)
     for name, path in files.items():
         console.print(f"{name}: {path}")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -34,7 +35,8 @@ DATASETS = {
     "cifar100": "CIFAR-100 through torchvision (cifar100 or cifar100:ROOT)",
     "imagenet:PATH": "ImageNet as PATH/train and PATH/val folders, 224x224",
     "folder:PATH": "any ImageFolder layout PATH/train and PATH/val, 224x224",
-    "package.module:factory": "your factory() -> (train_dataset, test_dataset, num_classes)",
+    "package.module:factory": "your factory() -> (train_dataset, test_dataset, num_classes), or a dict of "
+                              "train, test, num_classes and optionally evaluate, example_inputs, batch_to_inputs",
 }
 
 
@@ -64,6 +66,10 @@ class DataBundle:
     heldout: Dataset  # carved from the training set: what searches score on
     test: Dataset  # final report only
     augment: bool = True  # random crop + flip during training (tensor splits only)
+    # For models that are not classifiers of the first batch element (a data factory's dict, or the Python API):
+    evaluate: Callable | None = None  # evaluate(model) -> float in [0, 1]: replaces held-out top-1
+    example_inputs: object = None  # the model's input (tensor, tuple or dict, batch included) to trace it with
+    batch_to_inputs: Callable | None = None  # a batch of `train` -> the model's input (default: its first element)
 
     def with_channels(self, channels: int) -> DataBundle:
         """Repeat grey images to 3 channels for models that need RGB input (torchvision nets)."""
@@ -206,14 +212,34 @@ def _image_folder(spec: str, root: Path, heldout_size: int, seed: int) -> DataBu
 def _user_data(spec: str, heldout_size: int, seed: int) -> DataBundle:
     factory = import_factory(spec, "dataset")
     try:
-        train, test, num_classes = factory()
+        made = factory()
     except Exception as exc:  # the user's own code: any failure, one line
         raise UserError(f"dataset factory '{spec}' failed: {one_line(exc)}") from exc
-    if isinstance(train, TensorSplit) and isinstance(test, TensorSplit):
+    extras = {}
+    if isinstance(made, dict):  # train/test/num_classes plus how to score and feed a non-classifier
+        unknown = sorted(set(made) - {"train", "test", "num_classes", *USER_DATA_EXTRAS})
+        if unknown or "train" not in made:
+            raise UserError(f"dataset factory '{spec}' returned a dict with "
+                            f"{'unknown key ' + unknown[0] if unknown else 'no train'}: keys train, test, num_classes, "
+                            f"{', '.join(USER_DATA_EXTRAS)}")
+        made, extras = (made["train"], made.get("test"), made.get("num_classes", 0)), \
+            {k: made[k] for k in USER_DATA_EXTRAS if made.get(k) is not None}
+    try:
+        train, test, num_classes = made
+    except (TypeError, ValueError):
+        raise UserError(f"dataset factory '{spec}' must return (train, test, num_classes) or a dict, "
+                        f"not {type(made).__name__}") from None
+    if isinstance(train, TensorSplit) and isinstance(test, TensorSplit) and not extras:
         return _carve(spec, num_classes, train, test, heldout_size, seed)
-    rest, held = carve_heldout(spec, train, heldout_size, seed)
-    x0, _ = train[0]
-    return DataBundle(spec, num_classes, x0.shape[0], tuple(x0.shape[1:]), rest, held, test, augment=False)
+    if "evaluate" in extras:  # the user's function scores: no held-out split is carved
+        rest, held = train, None
+    else:
+        rest, held = carve_heldout(spec, train, heldout_size, seed)
+    x0 = train[0][0]
+    return DataBundle(spec, num_classes, x0.shape[0], tuple(x0.shape[1:]), rest, held, test, augment=False, **extras)
+
+
+USER_DATA_EXTRAS = ("evaluate", "example_inputs", "batch_to_inputs")
 
 
 def carve_heldout(name: str, train: Dataset, heldout_size: int, seed: int = 0) -> tuple[Dataset, Dataset]:

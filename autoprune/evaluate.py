@@ -18,6 +18,7 @@ from torch.utils.data import Dataset, Subset
 
 from autoprune.data import CALIB_BATCH, TensorSplit, batches
 from autoprune.errors import UserError, one_line
+from autoprune.probe import call_model
 
 EVAL_BATCH = 500
 
@@ -44,19 +45,38 @@ def has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
-def calibration_batches(train: Dataset, n_batches: int, batch_size: int, seed: int = 0) -> list[torch.Tensor]:
-    """A fixed set of training images for BN recalibration: the same for every candidate."""
-    if isinstance(train, TensorSplit):
+def calibration_batches(train: Dataset, n_batches: int, batch_size: int, seed: int = 0,
+                        to_inputs: Callable | None = None) -> list:
+    """A fixed set of training inputs for BN recalibration: the same for every candidate.
+
+    Each is a batch's first element (the images), or `to_inputs(batch)` -- the model's input (a tensor,
+    tuple or dict) from a batch of any form, for models whose input is not the first element.
+    """
+    if isinstance(train, TensorSplit) and to_inputs is None:
         n = min(len(train), n_batches * batch_size)
         idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:n].sort().values
         images = train.images[idx]
         return list(images.split(batch_size))
     out = []
-    for x, _ in batches(train, batch_size, shuffle=True, seed=seed):
-        out.append(x)
+    for batch in batches(train, batch_size, shuffle=True, seed=seed):
+        try:
+            out.append(batch[0] if to_inputs is None else to_inputs(batch))
+        except Exception as exc:  # the user's own code
+            raise UserError(f"your batch_to_inputs function failed: {one_line(exc)}") from exc
         if len(out) == n_batches:
             break
     return out
+
+
+def to_device(inputs, device: torch.device):
+    """A model input (tensor, or a tuple, list or dict of them) on `device`."""
+    if isinstance(inputs, torch.Tensor):
+        return inputs.to(device)
+    if isinstance(inputs, dict):
+        return {k: to_device(v, device) for k, v in inputs.items()}
+    if isinstance(inputs, (tuple, list)):
+        return type(inputs)(to_device(v, device) for v in inputs)
+    return inputs
 
 
 @torch.no_grad()  # not inference_mode: the statistics must stay usable for later fine-tuning
@@ -77,8 +97,11 @@ def recalibrate_bn(model: nn.Module, calib: list[torch.Tensor], device: torch.de
         m.train()
     try:
         for x in calib:
-            model, x = fast_layout(model, x, device)
-            model(x)
+            if isinstance(x, torch.Tensor):
+                model, x = fast_layout(model, x, device)
+                model(x)
+            else:
+                call_model(model, to_device(x, device))
     finally:
         for m, momentum in saved:
             m.momentum = momentum
@@ -98,6 +121,10 @@ def _accuracy(model: nn.Module, split: Dataset, device: torch.device, batch_size
     for x, y in batches(split, batch_size):
         model, x = fast_layout(model, x, device)
         logits = model(x)
+        if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+            what = type(logits).__name__ if not isinstance(logits, torch.Tensor) else f"a {logits.dim()}-d tensor"
+            raise UserError(f"the model returns {what}, not (batch, classes) logits: top-1 cannot score it; "
+                            "pass your own evaluate function (evaluate= in Python, 'evaluate' from a data factory)")
         y = y.to(device)
         k = min(5, logits.shape[1])
         top = logits.topk(k, dim=1).indices
@@ -129,9 +156,9 @@ class Evaluator:
     """Adaptive BN on fixed calibration batches, then accuracy on the held-out split."""
 
     def __init__(self, train: Dataset, heldout: Dataset, device: torch.device, *, calib_batches: int = 20,
-                 calib_batch_size: int = CALIB_BATCH, seed: int = 0) -> None:
+                 calib_batch_size: int = CALIB_BATCH, seed: int = 0, to_inputs: Callable | None = None) -> None:
         self.heldout, self.device = as_tensors(heldout), device
-        self.calib = calibration_batches(train, calib_batches, calib_batch_size, seed)
+        self.calib = calibration_batches(train, calib_batches, calib_batch_size, seed, to_inputs)
 
     def __call__(self, model: nn.Module, split: Dataset | None = None, recalibrate: bool = True) -> dict:
         model.to(self.device)
@@ -162,9 +189,10 @@ class FunctionEvaluator(Evaluator):
     `evaluate=`): a metric of their task in [0, 1], higher is better, computed however they like."""
 
     def __init__(self, train: Dataset, score: Callable[[nn.Module], float], device: torch.device, *,
-                 calib_batches: int = 20, calib_batch_size: int = CALIB_BATCH, seed: int = 0) -> None:
+                 calib_batches: int = 20, calib_batch_size: int = CALIB_BATCH, seed: int = 0,
+                 to_inputs: Callable | None = None) -> None:
         self.heldout, self.device, self.score = None, device, score
-        self.calib = calibration_batches(train, calib_batches, calib_batch_size, seed)
+        self.calib = calibration_batches(train, calib_batches, calib_batch_size, seed, to_inputs)
 
     def __call__(self, model: nn.Module, split: Dataset | None = None, recalibrate: bool = True) -> dict:
         if split is not None:  # a labelled split (the test set, when given): plain top-1

@@ -26,6 +26,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from autoprune import tp_extensions
 from autoprune.errors import UserError
 from autoprune.evaluate import set_layout
 from autoprune.graph import LAYER_TYPES, PruningGraph, channel_divisor
@@ -191,7 +192,7 @@ def apply_tp_ratio_dict(model: nn.Module, example_inputs: torch.Tensor,
     A data-aware criterion (taylor, hessian, activation) ranked channels with the run's training
     batches, so no ratio dict reproduces them: use nni_masks.pt (`autoprune.masks`) or pruned.pt.
     Groups not in the dict keep all channels (the global ratio is 0). `ignored_layers` (names or
-    modules, e.g. the graph's ``ignored`` list) defaults to the classifier, found as the last
+    modules, e.g. the graph's ``ignored_layers()``) defaults to the classifier, found as the last
     conv/linear layer to run, so that its outputs -- the classes -- can never shrink.
 
     Raises UserError when the dict names unknown modules, holds ratios outside [0, 1), or when a
@@ -235,9 +236,8 @@ def apply_tp_ratio_dict(model: nn.Module, example_inputs: torch.Tensor,
         imp = importance if not isinstance(importance, str) else _importance(importance, seed)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tp warns about unwrapped parameters etc.
-            pruner = tp.pruner.MetaPruner(model, example_inputs, importance=imp, pruning_ratio=0.0,
-                                          pruning_ratio_dict=ratios, ignored_layers=ignored,
-                                          iterative_steps=1)
+            pruner = tp_extensions.meta_pruner(model, example_inputs, importance=imp, pruning_ratio=0.0,
+                                               pruning_ratio_dict=ratios, ignored_layers=ignored, iterative_steps=1)
         # What tp's arithmetic promises, checked afterwards: a silently skipped entry is a wrong model.
         # A grouped convolution's group is `d` chunks, and the ratio applies to one chunk.
         expected = {}
@@ -314,10 +314,14 @@ def save_pruned_model(model: nn.Module, out_dir: Path, example_input: torch.Tens
     # A copy: exporting must not switch the caller's model mode. Contiguous layout: the evaluator
     # leaves channels_last parameters behind, and the file should hold PyTorch's default layout.
     model = set_layout(copy.deepcopy(model).cpu().eval())
-    example_input = example_input.detach().cpu()
     paths: dict[str, Path] = {}
     paths["pt"] = out_dir / f"{stem}.pt"
     torch.save(model, paths["pt"])
+    if not isinstance(example_input, torch.Tensor):
+        log.warning("no ONNX or TorchScript file: the model's input is a %s, and the exports here take one input "
+                    "tensor; %s holds the pruned module", type(example_input).__name__, paths["pt"].name)
+        return paths
+    example_input = example_input.detach().cpu()
     try:
         written = _onnx_export(model, example_input, out_dir / f"{stem}.onnx")
         paths["onnx"] = written[0]
@@ -325,11 +329,18 @@ def save_pruned_model(model: nn.Module, out_dir: Path, example_input: torch.Tens
             paths["onnx_data"] = written[1]
     except RuntimeError as exc:
         log.warning("ONNX export failed (%s); writing TorchScript instead", exc)
-        paths["torchscript"] = out_dir / f"{stem}.ts"
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # jit is deprecated, but it is the fallback
-            traced = torch.jit.trace(model, example_input)
-            torch.jit.save(traced, str(paths["torchscript"]))
+        path = out_dir / f"{stem}.ts"
+        try:
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # jit is deprecated, but it is the fallback
+                traced = torch.jit.trace(model, example_input, strict=False)  # strict=False: dict/list outputs
+                torch.jit.save(traced, str(path))
+            paths["torchscript"] = path
+        except Exception as trace_exc:  # tracing fails in many types
+            path.unlink(missing_ok=True)
+            log.warning("TorchScript tracing failed too (%s: %s); %s holds the pruned module",
+                        type(trace_exc).__name__, str(trace_exc).splitlines()[0] if str(trace_exc) else "",
+                        paths["pt"].name)
     return paths
 
 
@@ -355,6 +366,6 @@ def write_exports(out_dir: Path, graph: PruningGraph, policy: Policy, model: nn.
         torch.save(nni_masks(base, graph, policy, orders=orders), paths["nni_masks"])
     if model is not None:
         if example_input is None:
-            example_input = torch.randn(1, *graph.input_shape)
+            example_input = graph.example()
         paths.update(save_pruned_model(model, out_dir, example_input))
     return paths

@@ -91,7 +91,7 @@ def removal_orders(model: nn.Module, graph: PruningGraph, *, criterion: str = "l
     modules = dict(scratch.named_modules())
     imp = importance(criterion, seed)
     prepare(scratch, imp, criterion, batches or [])  # before tracing: the trace's forward must not overwrite
-    dg = _dependency_graph(scratch, torch.randn(1, *graph.input_shape))
+    dg = _dependency_graph(scratch, graph.example())
     return [_chunk_order(dg, modules[g.name], g, imp) for g in graph.groups]
 
 
@@ -114,7 +114,7 @@ def removal_plan(model: nn.Module, graph: PruningGraph, kept: np.ndarray, *, cri
     its pruning function, the channel indices that go): what `apply_policy` prunes and `autoprune.masks`
     reads off as masks. The random calls happen in one fixed order, so even the random criterion repeats."""
     modules = dict(model.named_modules())
-    dg = _dependency_graph(model, torch.randn(1, *graph.input_shape))
+    dg = _dependency_graph(model, graph.example())
     if orders is None and criterion in DATA_CRITERIA:
         raise UserError(f"criterion '{criterion}' ranks channels with training data: pass its removal orders")
     imp = importance(criterion, seed) if orders is None else None

@@ -69,19 +69,24 @@ PYTHON_MODEL = "python object"  # policy.json's "weights" of a model handed to a
 PYTHON_DATA = "python objects"  # its "data" when the splits were handed over as Datasets/DataLoaders
 
 
-def prune_as_policy(base: nn.Module, policy: Policy, calib: list[torch.Tensor] | None, device: str = "auto", *,
-                    recalibrate: bool = True, input_shape: tuple | None = None) -> tuple[nn.Module, PruningGraph]:
+def prune_as_policy(base: nn.Module, policy: Policy, calib: list | None, device: str = "auto", *,
+                    recalibrate: bool = True, input_shape: tuple | None = None,
+                    example_inputs=None) -> tuple[nn.Module, PruningGraph]:
     """A pruned copy of `base` as `policy` (with its policy.json meta) says: the same groups, kept channels,
     channel ranking, least-squares refit when the search refitted, then adaptive BN on `calib` (None: no
     recalibration, for a model without BN or a caller who recalibrates itself). `input_shape` stands in
-    for a policy.json that does not record it."""
+    for a policy.json that does not record it; `example_inputs` for a search traced with the user's own."""
     meta = policy.meta
+    if meta.get("example_inputs") and example_inputs is None:
+        raise UserError(f"this policy's search traced the model with your example_inputs (a "
+                        f"{meta['example_inputs']}): pass the same example_inputs")
     input_shape = meta.get("input_shape") or input_shape  # a hand-written policy: the data's shape
     if not input_shape:
         raise UserError("the policy does not say the model's input shape (input_shape in policy.json)")
     # the groups the search saw: the same layers left out
     graph = build_graph(base, tuple(input_shape), model_id=meta.get("model", "model"),
-                        ignore=meta.get("ignore") or [], prune_stem=bool(meta.get("prune_stem", False)))
+                        ignore=meta.get("ignore") or [], prune_stem=bool(meta.get("prune_stem", False)),
+                        example_inputs=example_inputs)
     space_meta = meta.get("space", {})
     round_to = space_meta.get("round_to")
     space = ChannelSpace(graph, max_ratio=0.999, round_to=None if round_to in (None, "auto") else int(round_to))

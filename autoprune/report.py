@@ -156,6 +156,13 @@ def run_page(run: Path) -> str:
                                "the uniform bars are left out."))
     else:
         parts.append(note("No per-group channel counts in policy.json (an unstructured or older run)."))
+    frozen = policy.get("frozen_groups")
+    if frozen:
+        parts.append(f"<h3>Groups left whole ({len(frozen)})</h3>")
+        parts.append(note("Removing one channel of these groups breaks the model, so they keep every channel "
+                          "(as their roots would in Torch-Pruning's ignored_layers); the rest was searched."))
+        parts.append(table(("group", "channels", "pruning it breaks"),
+                           [(f["name"], f["channels"], f["breaks"]) for f in frozen]))
 
     parts.append("<h2>Every evaluation</h2>")
     if cands:

@@ -144,16 +144,16 @@ class Inputs:
 
     bundle: ModelBundle
     data: DataBundle
-    score: Callable[[torch.nn.Module], float] | None = None  # the user's evaluate(model): replaces held-out top-1
 
 
 def build_setup(cfg: SearchConfig, *, on_profile: Callable[[str, int, int], None] | None = None,
-                inputs: Inputs | None = None) -> Setup:
+                inputs: Inputs | None = None, on_stage: Callable[[str], None] | None = None) -> Setup:
     """Load data and model, analyse the graph, parse budgets: every check that can refuse input.
 
     A latency budget also brings the latency cost model: the cached table of this model on this
     device, profiled first (minutes, reported through `on_profile`) when there is none yet.
-    `inputs` replaces the config's model and data names with objects (the Python API).
+    `inputs` replaces the config's model and data names with objects (the Python API). `on_stage`
+    hears what is being analysed (the graph's stages, with elapsed time); default: the log.
     """
     check_config(cfg)
     if inputs is None:  # no trained weights for this model and data: refused before either loads
@@ -168,13 +168,15 @@ def build_setup(cfg: SearchConfig, *, on_profile: Callable[[str, int, int], None
         data, bundle = inputs.data, inputs.bundle
     input_shape = (data.in_channels, *data.input_size)
     graph = build_graph(bundle.model, input_shape, model_id=cfg.model, ignore=cfg.ignore,
-                        prune_stem=cfg.stem_cap() > 0)
+                        prune_stem=cfg.stem_cap() > 0, example_inputs=data.example_inputs,
+                        deepest=max(cfg.max_ratio, cfg.stem_cap()), progress=on_stage)
+    check_inputs_support(cfg, graph, data, bundle.model)
     space = _space(cfg, graph, bundle.model)
-    if inputs is not None and inputs.score is not None:
-        evaluator = FunctionEvaluator(data.train, inputs.score, device, calib_batches=cfg.calib_batches,
-                                      seed=cfg.seed)
+    common = dict(calib_batches=cfg.calib_batches, seed=cfg.seed, to_inputs=data.batch_to_inputs)
+    if data.evaluate is not None:  # the user's evaluate(model) replaces held-out top-1
+        evaluator = FunctionEvaluator(data.train, data.evaluate, device, **common)
     else:
-        evaluator = Evaluator(data.train, data.heldout, device, calib_batches=cfg.calib_batches, seed=cfg.seed)
+        evaluator = Evaluator(data.train, data.heldout, device, **common)
     base = {"macs": graph.base_macs, "params": graph.base_params}
     cost_models = analytic_cost_models(space)
     if "latency_ms" in [budget_metric(b) for b in cfg.budgets]:  # profiling costs minutes: only when asked
@@ -217,6 +219,39 @@ def build_setup(cfg: SearchConfig, *, on_profile: Callable[[str, int, int], None
                             f"of {', '.join(batching)}")
         searcher.batch = cfg.workers
     return Setup(cfg, data, bundle, problem, searcher, device, inputs)
+
+
+def returns_logits(model: torch.nn.Module, example) -> bool:
+    """Whether `model` maps `example` to one (batch, classes) tensor: what top-1 accuracy can score."""
+    from autoprune.evaluate import to_device
+    from autoprune.probe import call_model
+
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        out = call_model(model.eval(), to_device(example, device))
+    return isinstance(out, torch.Tensor) and out.dim() == 2
+
+
+def check_inputs_support(cfg: SearchConfig, graph, data: DataBundle, model: torch.nn.Module) -> None:
+    """Refuse, in one line, what a model fed by `example_inputs` / `batch_to_inputs` cannot do."""
+    if data.evaluate is None and not returns_logits(model, graph.example()):
+        from autoprune.probe import call_model
+
+        with torch.no_grad():
+            out = call_model(model.eval(), graph.example())
+        raise UserError(f"the model returns {type(out).__name__}, not (batch, classes) logits: held-out top-1 "
+                        "cannot score it; pass your own evaluate function (evaluate= in Python, an 'evaluate' "
+                        "entry of a data factory's dict)")
+    plain = data.example_inputs is None or isinstance(data.example_inputs, torch.Tensor)
+    if not plain and "latency_ms" in [budget_metric(b) for b in cfg.budgets]:
+        raise UserError("latency budgets time the model on one input tensor; with example_inputs that is a "
+                        f"{type(data.example_inputs).__name__} use a FLOPs or params budget")
+    if cfg.reconstruct and (not plain or data.batch_to_inputs is not None):
+        raise UserError("reconstruct refits layers on batches of image tensors; with a non-tensor example_inputs "
+                        "or batch_to_inputs it is not supported")
+    if cfg.finetune_epochs and (data.evaluate is not None or not plain):
+        raise UserError("fine-tuning trains a classifier on (image, label) batches with cross-entropy; a model "
+                        "scored by your evaluate function is fine-tuned by your own training code")
 
 
 def _agent_options(cfg: SearchConfig) -> dict:
@@ -270,14 +305,14 @@ def run_search(cfg: SearchConfig, *, on_result: Callable[[EvalResult, Problem], 
 
 
 def prepare_search(cfg: SearchConfig, *, on_profile: Callable[[str, int, int], None] | None = None,
-                   inputs: Inputs | None = None) -> tuple[Path, Setup]:
-    """Every check that can refuse the input; writes nothing."""
+                   inputs: Inputs | None = None, on_stage: Callable[[str], None] | None = None) -> tuple[Path, Setup]:
+    """Every check that can refuse the input; writes nothing. `on_stage` hears the graph analysis' stages."""
     out = prepare_run_dir(cfg)
     if cfg.workers > 1:  # an unreachable cluster: refused now (a TCP connect), before loading anything
         from autoprune.workers import check_ray_address
 
         check_ray_address(cfg.ray_address, "--ray-address")
-    return out, build_setup(cfg, on_profile=on_profile, inputs=inputs)
+    return out, build_setup(cfg, on_profile=on_profile, inputs=inputs, on_stage=on_stage)
 
 
 def execute_search(out: Path, setup: Setup, *, on_result: Callable[[EvalResult, Problem], None] | None = None,
@@ -332,7 +367,7 @@ def _execute(out: Path, setup: Setup, *, on_result: Callable[[EvalResult, Proble
     cfg = setup.config
     stage = on_stage or (lambda s: None)
     problem, device = setup.problem, setup.device
-    input_shape = (setup.data.in_channels, *setup.data.input_size)
+    input_shape = tuple(problem.space.graph.input_shape)  # the data's image, or the user's example_inputs
 
     storage = cfg.storage or f"sqlite:///{out.resolve() / 'study.db'}"
     info = StudyInfo(cfg.model, cfg.agent, cfg.seed, cfg.budgets, problem.space.names)
@@ -354,7 +389,7 @@ def _execute(out: Path, setup: Setup, *, on_result: Callable[[EvalResult, Proble
 
     stage("scoring the unpruned model")
     base_heldout = problem.evaluator(setup.bundle.model, recalibrate=False)["top1"]  # as shipped: no BN change
-    if setup.inputs is None or setup.inputs.score is None:
+    if setup.data.evaluate is None:
         warn_if_chance(base_heldout, setup.data.num_classes)
     if on_result:
         problem.callbacks.append(lambda r: on_result(r, problem))
@@ -381,16 +416,22 @@ def _execute(out: Path, setup: Setup, *, on_result: Callable[[EvalResult, Proble
 
     stage("testing the best policy")
     pruned = problem.pruned_model(best.ratios)
+    graph = problem.space.graph
     test_split = setup.data.test  # None: the Python API was given no test data
+    if test_split is not None and not returns_logits(setup.bundle.model, graph.example()):
+        test_split = None  # a model scored by the user's evaluate function (segmentation maps, features)
     base_test = None if test_split is None else accuracy(setup.bundle.model.to(device), test_split, device)["top1"]
     test = None if test_split is None else accuracy(pruned, test_split, device)["top1"]
     where = dict(batch=cfg.batch, device=device, threads=cfg.threads, min_seconds=1.0)  # as budgets count it
-    latency = {"base": measure_latency_ms(setup.bundle.model, input_shape, **where),
-               "pruned": measure_latency_ms(pruned, input_shape, **where)}
+    timed = graph.example_inputs is None or isinstance(graph.example_inputs, torch.Tensor)  # one input tensor
+    latency = {"base": measure_latency_ms(setup.bundle.model, input_shape, **where) if timed else None,
+               "pruned": measure_latency_ms(pruned, input_shape, **where) if timed else None}
     policy = problem.policy(best.ratios)
     summary = {
         "model": cfg.model, "weights": setup.bundle.weights, "data": cfg.data, "input_shape": list(input_shape),
         "space": problem.space.describe(), "ignore": cfg.ignore, "prune_stem": cfg.stem_cap() > 0,
+        "frozen_groups": [f.to_dict() for f in problem.space.graph.frozen],
+        "example_inputs": None if graph.example_inputs is None else type(graph.example_inputs).__name__,
         "criterion": cfg.criterion, "agent": cfg.agent, "seed": cfg.seed,
         "budgets": cfg.budgets, "macs": best.costs["macs"], "base_macs": problem.base_costs["macs"],
         "params": best.costs["params"], "base_params": problem.base_costs["params"],
@@ -403,7 +444,7 @@ def _execute(out: Path, setup: Setup, *, on_result: Callable[[EvalResult, Proble
         "best_evaluation": best.index, "search_seconds": round(search_seconds, 2),
         "overhead_share": round(problem.overhead_share(), 4),
         "heldout_images": None if setup.data.heldout is None else len(setup.data.heldout),
-        "scored_by": "held-out top-1" if setup.inputs is None or setup.inputs.score is None else "evaluate function",
+        "scored_by": "held-out top-1" if setup.data.evaluate is None else "evaluate function",
         "calib_batches": cfg.calib_batches,
         "storage": public_url(storage) if cfg.storage else "study.db",
     }
@@ -420,7 +461,7 @@ def _execute(out: Path, setup: Setup, *, on_result: Callable[[EvalResult, Proble
     stage("writing the pruned model and exports")
     from autoprune.export import save_pruned_model, write_exports
 
-    example = torch.randn(1, *input_shape)
+    example = problem.space.graph.example()
     if problem.space.kind == "channel":
         files = write_exports(out, problem.space.graph, policy, pruned, example, base=problem.model,
                               orders=problem.channel_orders())

@@ -49,6 +49,11 @@ def trace_failure(exc: BaseException) -> UserError:
                          f"shuffle, view -> transpose -> view, as in ShuffleNet), which Torch-Pruning {tp.__version__} "
                          f"cannot map to channel indices ({type(exc).__name__} in its reshape index mapping); "
                          "not supported")
+    if "update_concat_index_mapping" in frames:
+        return UserError("cannot trace the model for pruning: it concatenates sliced tensors (torch.cat of "
+                         f"x[:, :k]-style slices, as DPN and CS3-DarkNet do), whose channel counts Torch-Pruning "
+                         f"{tp.__version__} cannot infer ({type(exc).__name__} in its concat index mapping); "
+                         "not supported")
     detail = str(exc).splitlines()[0] if str(exc) else ""
     return UserError(f"cannot trace the model for pruning: {type(exc).__name__}: {detail}")
 

@@ -18,7 +18,8 @@ def run_search_with_progress(cfg: SearchConfig, console: Console) -> dict:
     # Validate before any bar is drawn, so bad input prints only its one error line.
     with console.status("loading model and data, analysing the graph") as status:
         out, setup = prepare_search(cfg, on_profile=lambda what, done, total: status.update(
-            f"profiling latency on this device (once, then cached): {what}, step {done}/{total}"))
+            f"profiling latency on this device (once, then cached): {what}, step {done}/{total}"),
+            on_stage=lambda text: status.update(f"analysing the graph: {text}"))
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
                         TextColumn("{task.fields[best]}"), console=console, transient=False)

@@ -114,3 +114,16 @@ def shipped_resnet20_problem(fmnist_subset) -> Callable[..., Problem]:
         return Problem(model, ChannelSpace(graph), [parse_budget("50%FLOPs", base)], evaluator)
 
     return make
+
+
+def assert_refused_in_one_line(model: str, data: str, words, tmp_path, capsys, monkeypatch) -> None:
+    """`autoprune search MODEL` (random weights, uniform, 50% FLOPs) exits 2 with one line holding
+    every one of `words`, no traceback, and leaves no run folder."""
+    out = tmp_path / "run"
+    code, _, err = cli_main(["search", model, "--budget", "50%FLOPs", "--data", data, "--weights", "random",
+                             "--agent", "uniform", "--heldout", "8", "--out", str(out)], capsys, monkeypatch)
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("WARNING")]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    assert not out.exists()

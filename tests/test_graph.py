@@ -214,3 +214,108 @@ def test_grouped_chunks_lose_the_same_channels_ranked_by_their_mean():
     pruned = apply_policy(model, graph, kept, criterion="l2")
     assert torch.equal(pruned[1].weight, model[1].weight[0::2])
     assert pruned[2].weight.shape == (16, 1, 3, 3)
+
+
+# --- models that pruning partly breaks (tests/awkward_nets.py) -------------------------------------------------
+
+def _graph_costs_match_tp(model, graph, ratios) -> None:
+    """A policy's analytic MACs/params equal Torch-Pruning's counter (subclasses counted) on the pruned model."""
+    from autoprune.probe import count_macs_params
+
+    space = ChannelSpace(graph)
+    kept = space.kept(np.asarray(ratios, dtype=np.float64))
+    pruned = apply_policy(model, graph, kept)
+    assert count_macs_params(pruned, graph.example()) == (graph.macs(kept), graph.params(kept))
+
+
+def test_a_group_that_breaks_a_split_is_frozen_with_one_warning_and_the_rest_is_searched(caplog):
+    from awkward_nets import FixedSplitNet
+
+    model = FixedSplitNet().eval()
+    with caplog.at_level("WARNING"):
+        graph = build_graph(model, SHAPE)
+    assert [f.name for f in graph.frozen] == ["split_in"] and graph.frozen[0].op == "split_with_sizes"
+    assert graph.group_names() == ["body.0", "left", "right"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "left whole" in r.getMessage()]
+    assert len(warnings) == 1 and "1 of 4 channel groups left whole" in warnings[0]
+    assert "breaks a split_with_sizes in the model's forward (1 group)" in warnings[0]  # torch.split in forward()
+    assert "split_in" in graph.ignored_layers()
+    _graph_costs_match_tp(model, graph, [0.5] * len(graph.groups))
+
+
+def test_a_model_whose_every_group_breaks_is_refused_naming_the_operation():
+    from awkward_nets import AllSplitNet
+
+    with pytest.raises(UserError, match=r"no channel group can be pruned: pruning any of them breaks a "
+                                        r"split_with_sizes") as info:
+        build_graph(AllSplitNet().eval(), SHAPE)
+    assert "fails on an input" not in str(info.value)
+
+
+def test_a_model_that_fails_unpruned_is_the_only_one_told_it_fails_on_the_input():
+    with pytest.raises(UserError, match=r"the model fails on an input of shape \(1, 3, 28, 28\)"):
+        build_graph(build_model("resnet20", num_classes=10, in_channels=1, weights="random").model, (3, 28, 28))
+
+
+def test_modules_the_forward_never_calls_are_ignored():
+    from awkward_nets import UncalledNet
+
+    model = UncalledNet().eval()
+    graph = build_graph(model, SHAPE)
+    assert "spare" not in graph.group_names() + [lay.name for lay in graph.layers]
+    assert graph.group_names() == ["b.0", "c.0"]  # a.0 is the stem
+    _graph_costs_match_tp(model, graph, [0.5, 0.25])
+
+
+def test_convolution_subclasses_are_costed_and_their_extra_per_channel_parameters_pruned():
+    """timm's ScaledStdConv2d (a gain per output channel) and Linear subclass: counted, pruned, costed exactly."""
+    from awkward_nets import GainNet
+
+    model = GainNet().eval()
+    graph = build_graph(model, SHAPE)
+    assert graph.group_names() == ["b", "c"] and "fc" in graph.ignored and not graph.frozen
+    kept = ChannelSpace(graph).kept(np.array([0.5, 0.5]))
+    pruned = apply_policy(model, graph, kept)
+    assert pruned.b.gain.shape[0] == pruned.b.out_channels == 16
+    _graph_costs_match_tp(model, graph, [0.5, 0.5])
+
+
+def test_the_installed_group_walk_is_torch_prunings_and_the_linear_one_finds_the_same_channels():
+    from awkward_nets import FixedSplitNet, PartialResidualNet
+    from autoprune import tp_extensions
+    from autoprune.graph import _dependency_graph
+
+    nets = [build_model(name, num_classes=10, in_channels=1, weights="random").model
+            for name in ("resnet20", "mobilenetv2")] + [FixedSplitNet()]
+    for model in nets:
+        model.eval()
+        dg = _dependency_graph(model, torch.randn(1, *SHAPE))
+        for m in model.modules():
+            if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+                args = (m, dg.get_pruner_of_module(m).prune_out_channels, list(range(dg.get_out_channels(m))))
+                theirs = tp_extensions.ORIGINAL(dg, *args)  # Torch-Pruning's walk, unlimited
+                assert _items(dg.get_pruning_group(*args), roots=True) == _items(theirs, roots=True)
+                assert _items(tp_extensions.linear_pruning_group(dg, *args), roots=False) == _items(theirs, roots=False)
+    # ReXNet's pattern: Torch-Pruning's walk from the stem takes 266 steps, from blocks.0.3 243,773 (12 s)
+    model = PartialResidualNet(4).eval()
+    dg = _dependency_graph(model, torch.randn(1, *SHAPE))
+    args = (model.stem[0], dg.get_pruner_of_module(model.stem[0]).prune_out_channels, list(range(16)))
+    theirs = tp_extensions.ORIGINAL(dg, *args)
+    assert _items(tp_extensions.linear_pruning_group(dg, *args), roots=False) == _items(theirs, roots=False)
+
+
+def _items(group, *, roots: bool) -> list:
+    return sorted((it.dep.target.name, it.dep.handler.__name__,
+                   tuple(sorted(zip(it.idxs, it.root_idxs)) if roots else sorted(it.idxs))) for it in group)
+
+
+def test_concatenations_feeding_residual_adds_are_grouped_without_an_exponential_walk():
+    """ReXNet's pattern: Torch-Pruning 1.6's own walk needs minutes for one block's group; ours ~1 s for all."""
+    from awkward_nets import PartialResidualNet
+
+    start = time.monotonic()
+    model = PartialResidualNet(16).eval()
+    graph = build_graph(model, SHAPE)
+    assert time.monotonic() - start < 60
+    assert len(graph.groups) == 16 and not graph.frozen
+    _graph_costs_match_tp(model, graph, [0.5] * 16)
