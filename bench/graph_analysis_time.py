@@ -4,7 +4,7 @@
 
 `autoprune.graph.build_graph` on each (random weights, batch 1): tracing, Torch-Pruning's grouping,
 the two-step probe of every group. With `--tp-walk` the grouping uses Torch-Pruning 1.6's own walk
-for every group (no step limit), as before `autoprune.tp_extensions`; a model taking longer than
+as it ships (none of `autoprune.tp_extensions`' changes to it), as before them; a model taking longer than
 `--limit` seconds is stopped and reported as such.
 """
 from __future__ import annotations
@@ -25,8 +25,8 @@ def _time_one(name: str, tp_walk: bool, queue) -> None:
     from autoprune import tp_extensions
     from autoprune.graph import build_graph
 
-    if tp_walk:
-        tp_extensions.WALK_LIMIT = 10 ** 12
+    if tp_walk:  # Torch-Pruning 1.6's get_pruning_group as it ships: nothing of tp_extensions' walk installed
+        tp_extensions._installed = True
     if name in ("fcn_resnet50", "deeplabv3_mobilenet_v3_large", "lraspp_mobilenet_v3_large"):
         from seg_zoo import segmentation_model
 
@@ -52,6 +52,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path)
     ap.add_argument("--tp-walk", action="store_true")
     ap.add_argument("--limit", type=float, default=300.0)
+    ap.add_argument("--load", default="nothing else running", help="what else ran on the machine, for the header")
     ap.add_argument("--models", nargs="*", help="default: every model of the timm and segmentation matrices")
     args = ap.parse_args()
     rows = []
@@ -70,7 +71,7 @@ def main() -> None:
     text = ["# Graph analysis time, 64x64, one thread", "",
             f"`python bench/graph_analysis_time.py{' --tp-walk' if args.tp_walk else ''}"
             f"{' --models ' + ' '.join(args.models) if args.models else ''}` "
-            f"({time.strftime('%Y-%m-%d')}, 2-core CPU, nothing else running)", "",
+            f"({time.strftime('%Y-%m-%d')}, 2-core CPU, {args.load})", "",
             "| model | seconds | groups searched | groups left whole | note |", "|---|---|---|---|---|"]
     text += [f"| `{n}` | {s} | {g} | {f} | {note} |" for n, s, g, f, note in rows]
     if args.out:
