@@ -159,8 +159,9 @@ def run_page(run: Path) -> str:
     frozen = policy.get("frozen_groups")
     if frozen:
         parts.append(f"<h3>Groups left whole ({len(frozen)})</h3>")
-        parts.append(note("Removing one channel of these groups breaks the model, so they keep every channel "
-                          "(as their roots would in Torch-Pruning's ignored_layers); the rest was searched."))
+        parts.append(note("Removing channels of these groups (one per chunk, or the largest prune ratio of them) "
+                          "breaks the model, so they keep every channel (as their roots would in Torch-Pruning's "
+                          "ignored_layers); the rest was searched."))
         parts.append(table(("group", "channels", "pruning it breaks"),
                            [(f["name"], f["channels"], f["breaks"]) for f in frozen]))
 
