@@ -81,7 +81,7 @@ def test_gnn_learns_a_known_answer(surrogate_problem):
     n = surrogate_problem().space.size
     s = np.where(np.arange(n) < n // 2, 1.0, 0.01)
     optimum = _greedy_optimum(surrogate_problem(sensitivities=s), s)
-    evals = 160
+    evals = 320  # 160 reached 0.904 here, deterministically and at the commit before too: short of the 0.03 margin
     results = race(lambda: surrogate_problem(sensitivities=s), (
         ("uniform", agents.build("uniform"), 1), ("random", agents.build("random"), evals), ("gnn", GNNSearch(), evals)))
     best = {k: p.best.accuracy for k, p in results.items()}
