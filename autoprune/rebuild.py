@@ -83,11 +83,12 @@ def prune_as_policy(base: nn.Module, policy: Policy, calib: list | None, device:
     input_shape = meta.get("input_shape") or input_shape  # a hand-written policy: the data's shape
     if not input_shape:
         raise UserError("the policy does not say the model's input shape (input_shape in policy.json)")
-    # the groups the search saw: the same layers left out
+    # the groups the search saw: the same layers left out, the same ones frozen (probed as deep as it probed)
+    space_meta = meta.get("space", {})
+    deepest = max(space_meta.get("max_ratio", 0.8), space_meta.get("stem_max_ratio") or 0.0)
     graph = build_graph(base, tuple(input_shape), model_id=meta.get("model", "model"),
                         ignore=meta.get("ignore") or [], prune_stem=bool(meta.get("prune_stem", False)),
-                        example_inputs=example_inputs)
-    space_meta = meta.get("space", {})
+                        example_inputs=example_inputs, deepest=deepest)
     round_to = space_meta.get("round_to")
     space = ChannelSpace(graph, max_ratio=0.999, round_to=None if round_to in (None, "auto") else int(round_to))
     ratios = policy.vector(graph)

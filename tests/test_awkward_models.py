@@ -86,3 +86,19 @@ def test_graph_analysis_reports_its_stages_with_elapsed_time():
     assert heard[0] == "net: tracing the dependency graph"
     assert any(h.startswith("net: probing 4 channel groups (") and h.endswith(" s)") for h in heard)
     assert heard[-1].startswith("net: 3 channel groups analysed in ") and np.isfinite(graph.base_macs)
+
+
+def test_a_policy_is_rebuilt_with_the_groups_its_search_probed_at_its_own_max_ratio():
+    """b.0 breaks only with more than 62% of its channels gone: searched at max_ratio 0.5 it is searched,
+    and `apply` (which analyses the model again) must probe as deep as the search did to find it too."""
+    from awkward_nets import NeedsTwelveNet
+
+    model = NeedsTwelveNet().eval()
+    assert [f.name for f in build_graph(model, (1, 28, 28)).frozen] == ["b.0"]  # at the default 0.8
+    assert not build_graph(model, (1, 28, 28), deepest=0.5).frozen
+    train = _images()
+    result = autoprune.search(model, "70%FLOPs", train=train, heldout=8, agent="uniform", evals=1, max_ratio=0.5,
+                              calib_batches=1, device="cpu")
+    assert result.policy.ratios["b.0"] > 0
+    again = autoprune.apply(model, result.policy, train=train)
+    assert count_macs_params(again, torch.randn(1, 1, 28, 28))[0] == result.macs
