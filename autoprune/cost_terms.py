@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from torch_pruning.utils.op_counter import MODULES_MAPPING
 
+from autoprune.probe import counted_base
+
 log = logging.getLogger(__name__)
 
 LAYER_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -29,7 +31,7 @@ NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.InstanceNorm1d,
 def counted_ops(m: nn.Module, ishape: tuple, oshape: tuple) -> float:
     """What Torch-Pruning's counter hook for `m`'s type counts for one call at these shapes: the
     constant cost of an op whose shapes no policy changes (it has hooks beyond the ones costed here)."""
-    hook = next(MODULES_MAPPING[t] for t in type(m).__mro__ if t in MODULES_MAPPING)
+    hook = MODULES_MAPPING[counted_base(m)]
     saved = m.__dict__.get("__flops__")
     m.__flops__ = 0
     try:
@@ -86,7 +88,8 @@ class CostPolynomial:
 def cost_terms(calls: list[tuple], dims: list[int], model: nn.Module, mult: np.ndarray) -> tuple[list, list]:
     """Terms (coef, [dim positions], owner) following torch_pruning's op counter, batch size 1."""
     varying = np.abs(mult).sum(axis=1) > 0
-    images = calls[0][2][0] if calls else 1  # the batch the model was called with
+    # the counter divides by the batch the model was called with, not by an op's dim 0 (patches, tokens)
+    batch = calls[0][2][0] if calls else 1
 
     def term(coef: float, positions: list[int], owner: str) -> tuple[float, list[int], str]:
         fixed = [p for p in positions if not varying[p]]
@@ -99,7 +102,6 @@ def cost_terms(calls: list[tuple], dims: list[int], model: nn.Module, mult: np.n
         ipos = list(range(pos, pos + len(ishape)))
         opos = list(range(pos + len(ishape), pos + len(ishape) + len(oshape)))
         pos += len(ishape) + len(oshape)
-        batch = images  # the counter divides by the model's batch, not by this op's dim 0 (patches, tokens)
         if isinstance(m, CONV_TYPES):
             # per position: k * in * out / groups = in/groups-per-out * out: weight numel
             per_out = 1.0 / batch

@@ -18,7 +18,7 @@ from torch.utils.data import Dataset, Subset
 
 from autoprune.data import CALIB_BATCH, TensorSplit, batches
 from autoprune.errors import UserError, one_line
-from autoprune.probe import call_model
+from autoprune.probe import call_model, output_kind
 
 EVAL_BATCH = 500
 
@@ -121,8 +121,8 @@ def _accuracy(model: nn.Module, split: Dataset, device: torch.device, batch_size
     for x, y in batches(split, batch_size):
         model, x = fast_layout(model, x, device)
         logits = model(x)
-        if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
-            what = type(logits).__name__ if not isinstance(logits, torch.Tensor) else f"a {logits.dim()}-d tensor"
+        what = output_kind(logits)
+        if what is not None:
             raise UserError(f"the model returns {what}, not (batch, classes) logits: top-1 cannot score it; "
                             "pass your own evaluate function (evaluate= in Python, 'evaluate' from a data factory)")
         y = y.to(device)

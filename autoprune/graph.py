@@ -11,8 +11,9 @@ the kept-channel vector, and MACs and params of any policy are sums of products 
 functions (`autoprune.cost_terms.CostPolynomial`) -- exact, microseconds, no model built. MACs follow
 `torch_pruning.utils.count_ops_and_params` (convolution, linear, norm, activation, pooling ops).
 
-A group whose one-channel removal breaks the model (a fixed `split_with_sizes`, `view`, or an add
-Torch-Pruning does not couple) is frozen -- left whole, as its root would be in Torch-Pruning's
+A group whose removal (one channel per chunk, or `deepest` of them) breaks the model -- a fixed
+`split_with_sizes` or `view`, an add Torch-Pruning does not couple, a shape that stops shrinking in
+step with the channels -- is frozen -- left whole, as its root would be in Torch-Pruning's
 `ignored_layers` -- and listed in `PruningGraph.frozen`; the rest of the network is searched.
 """
 from __future__ import annotations
@@ -102,6 +103,11 @@ class PruningGraph:
     def example(self):
         """An input to run the model on: the user's example, or a random batch of one of `input_shape`."""
         return self.example_inputs if self.example_inputs is not None else torch.randn(1, *self.input_shape)
+
+    @property
+    def takes_one_tensor(self) -> bool:
+        """Whether the model's input is one tensor (latency tables, ONNX and reconstruction need that)."""
+        return self.example_inputs is None or isinstance(self.example_inputs, torch.Tensor)
 
     def ignored_layers(self) -> list[str]:
         """What a Torch-Pruning user passes as `ignored_layers`: stem, classifier, --ignore, frozen roots."""
@@ -228,10 +234,10 @@ def build_graph(model: nn.Module, input_shape: tuple[int, ...] | None = None, *,
     layer_names = list(dict.fromkeys(name for name, *_rest in layer_calls))
     edges = _edges(dg, [modules[n] for n in layer_names])
 
-    # Probe: remove one channel per chunk of each group and record which dims shrink (affine in kept).
+    # Probe: remove one channel per chunk of each group, then `deepest` of them; record which dims shrink.
     say(f"{model_id}: probing {len(groups)} channel groups ({time.monotonic() - start:.0f} s)")
     pristine = copy.deepcopy(model)  # the probe prunes `model` in place
-    mult, frozen = probe_groups(model, example, groups, base, lambda m: _dependency_graph(m, example), dg,
+    mult, frozen = probe_groups(model, pristine, example, groups, base, lambda m: _dependency_graph(m, example), dg,
                                 chunk_positions, deepest=deepest, progress=lambda text: say(f"{model_id}: {text}"))
     # the probe left `model` pruned: costs and the layer table read the unpruned modules
     unpruned = dict(pristine.named_modules())

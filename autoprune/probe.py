@@ -1,4 +1,4 @@
-"""Running a model on its example input: recorded op shapes, and the one-channel probe of every group.
+"""Running a model on its example input: recorded op shapes, and the two-step probe of every group.
 
 `record` runs one forward pass and returns every counted module call with its input and output
 shapes, every parameter dimension as one flat list, and the shapes of the model's outputs (a tensor,
@@ -8,10 +8,11 @@ included: timm's `ScaledStdConv2d` and `Linear` are convolutions and linear laye
 
 `probe_groups` removes one channel per chunk of each group in turn on a scratch copy and records
 which dimensions shrink, then the share `deepest` of every chunk (the search's largest prune ratio),
-which must shrink them in step (costs are affine in the kept channels) and leave a model that runs. A group whose removal breaks the forward pass (a `split_with_sizes` with
-fixed sizes, a `view` to a fixed shape, an add of two tensors whose channels are not coupled) or
-changes the model's outputs is *frozen*: left whole, as a Torch-Pruning user would put its root in
-`ignored_layers`, and the model is restored to the last good state before the next group is tried.
+which must shrink them in step (costs are affine in the kept channels) and leave a model that runs.
+A group whose removal breaks the forward pass (a `split_with_sizes` with fixed sizes, a `view` to a
+fixed shape, an add of two tensors whose channels are not coupled) or changes the model's outputs is
+*frozen*: left whole, as a Torch-Pruning user would put its root in `ignored_layers`, and the model
+is restored to the last good state before the next group is tried.
 """
 from __future__ import annotations
 
@@ -87,6 +88,14 @@ def count_macs_params(model: nn.Module, example) -> tuple[float, float]:
               if type(m) not in MODULES_MAPPING and counted_base(m) is not None}
     op_counter.CUSTOM_MODULES_MAPPING = custom  # tp's own hook for user types; it resets it after counting
     return tp.utils.count_ops_and_params(model, example)
+
+
+def output_kind(out) -> str | None:
+    """None for (batch, classes) logits, what top-1 accuracy can score; else what the output is
+    ("OrderedDict", "tuple", "a 4-d tensor")."""
+    if isinstance(out, torch.Tensor):
+        return None if out.dim() == 2 else f"a {out.dim()}-d tensor"
+    return type(out).__name__
 
 
 def output_shapes(out) -> list[tuple[int, ...]]:
@@ -171,17 +180,17 @@ def broken_op(exc: BaseException) -> str:
     return op
 
 
-def probe_groups(model: nn.Module, example, groups: list, base: tuple[list, list[int], list],
+def probe_groups(model: nn.Module, pristine: nn.Module, example, groups: list, base: tuple[list, list[int], list],
                  build_dg: Callable[[nn.Module], tp.DependencyGraph], dg: tp.DependencyGraph,
                  chunk_positions: Callable, *, deepest: float = 0.8,
                  progress: Callable[[str], None] = lambda _m: None) -> tuple[np.ndarray, list[FrozenGroup]]:
     """(mult, frozen): per group, how much each dim shrinks per kept channel, and the groups left whole.
 
-    `model` is a scratch copy (pruned in place); `dg` its dependency graph. Columns of frozen groups
-    in `mult` are zero; the caller drops those groups.
+    `model` is a scratch copy (pruned in place), `dg` its dependency graph, `pristine` an unpruned copy
+    left untouched (a broken scratch is rebuilt from it). Columns of frozen groups in `mult` are zero;
+    the caller drops those groups.
     """
     _calls, base_dims, base_out = base
-    pristine = copy.deepcopy(model)
     prev = np.array(base_dims, dtype=np.float64)
     mult = np.zeros((len(prev), len(groups)))
     frozen: list[FrozenGroup] = []

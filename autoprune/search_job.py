@@ -221,28 +221,25 @@ def build_setup(cfg: SearchConfig, *, on_profile: Callable[[str, int, int], None
     return Setup(cfg, data, bundle, problem, searcher, device, inputs)
 
 
-def returns_logits(model: torch.nn.Module, example) -> bool:
-    """Whether `model` maps `example` to one (batch, classes) tensor: what top-1 accuracy can score."""
+def logits_or_kind(model: torch.nn.Module, example) -> str | None:
+    """None when `model` maps `example` to one (batch, classes) tensor, what top-1 accuracy can score;
+    else the kind of output it returns ("OrderedDict", "tuple", "a 4-d tensor")."""
     from autoprune.evaluate import to_device
-    from autoprune.probe import call_model
+    from autoprune.probe import call_model, output_kind
 
     device = next(model.parameters()).device
     with torch.no_grad():
-        out = call_model(model.eval(), to_device(example, device))
-    return isinstance(out, torch.Tensor) and out.dim() == 2
+        return output_kind(call_model(model.eval(), to_device(example, device)))
 
 
 def check_inputs_support(cfg: SearchConfig, graph, data: DataBundle, model: torch.nn.Module) -> None:
     """Refuse, in one line, what a model fed by `example_inputs` / `batch_to_inputs` cannot do."""
-    if data.evaluate is None and not returns_logits(model, graph.example()):
-        from autoprune.probe import call_model
-
-        with torch.no_grad():
-            out = call_model(model.eval(), graph.example())
-        raise UserError(f"the model returns {type(out).__name__}, not (batch, classes) logits: held-out top-1 "
+    kind = None if data.evaluate is not None else logits_or_kind(model, graph.example())
+    if kind is not None:
+        raise UserError(f"the model returns {kind}, not (batch, classes) logits: held-out top-1 "
                         "cannot score it; pass your own evaluate function (evaluate= in Python, an 'evaluate' "
                         "entry of a data factory's dict)")
-    plain = data.example_inputs is None or isinstance(data.example_inputs, torch.Tensor)
+    plain = graph.takes_one_tensor
     if not plain and "latency_ms" in [budget_metric(b) for b in cfg.budgets]:
         raise UserError("latency budgets time the model on one input tensor; with example_inputs that is a "
                         f"{type(data.example_inputs).__name__} use a FLOPs or params budget")
@@ -418,19 +415,20 @@ def _execute(out: Path, setup: Setup, *, on_result: Callable[[EvalResult, Proble
     pruned = problem.pruned_model(best.ratios)
     graph = problem.space.graph
     test_split = setup.data.test  # None: the Python API was given no test data
-    if test_split is not None and not returns_logits(setup.bundle.model, graph.example()):
+    if test_split is not None and setup.data.evaluate is not None and logits_or_kind(setup.bundle.model,
+                                                                                     graph.example()):
         test_split = None  # a model scored by the user's evaluate function (segmentation maps, features)
     base_test = None if test_split is None else accuracy(setup.bundle.model.to(device), test_split, device)["top1"]
     test = None if test_split is None else accuracy(pruned, test_split, device)["top1"]
     where = dict(batch=cfg.batch, device=device, threads=cfg.threads, min_seconds=1.0)  # as budgets count it
-    timed = graph.example_inputs is None or isinstance(graph.example_inputs, torch.Tensor)  # one input tensor
+    timed = graph.takes_one_tensor
     latency = {"base": measure_latency_ms(setup.bundle.model, input_shape, **where) if timed else None,
                "pruned": measure_latency_ms(pruned, input_shape, **where) if timed else None}
     policy = problem.policy(best.ratios)
     summary = {
         "model": cfg.model, "weights": setup.bundle.weights, "data": cfg.data, "input_shape": list(input_shape),
         "space": problem.space.describe(), "ignore": cfg.ignore, "prune_stem": cfg.stem_cap() > 0,
-        "frozen_groups": [f.to_dict() for f in problem.space.graph.frozen],
+        "frozen_groups": [f.to_dict() for f in graph.frozen],
         "example_inputs": None if graph.example_inputs is None else type(graph.example_inputs).__name__,
         "criterion": cfg.criterion, "agent": cfg.agent, "seed": cfg.seed,
         "budgets": cfg.budgets, "macs": best.costs["macs"], "base_macs": problem.base_costs["macs"],

@@ -140,9 +140,9 @@ def linear_pruning_group(self: tp.DependencyGraph, module: nn.Module, pruning_fn
     root_node = self.module2node[module]
     root = Dependency(pruning_fn, pruning_fn, source=root_node, target=root_node)
     # (target node, handler) -> [first dependency reaching it, {channel: (channel, root channel)} first seen]:
-    # Torch-Pruning's `Group.add_and_merge` result, built as the walk goes instead of by a quadratic merge
+    # Torch-Pruning's `Group.add_and_merge` result, built as the walk goes instead of by a quadratic merge;
+    # its channels are also those already walked from there
     merged: dict[tuple, list] = {(root_node, pruning_fn): [root, {i.idx: i for i in idxs}]}
-    reached = {(root_node, pruning_fn): {i.idx for i in idxs}}  # the channels already walked from there
     # a worklist of (node, handler) with the pairs that reached it since it was last walked: channels
     # arriving along many paths are walked from a node together, not one path at a time
     pending = {(root_node, pruning_fn): list(idxs)}
@@ -158,15 +158,14 @@ def linear_pruning_group(self: tp.DependencyGraph, module: nn.Module, pruning_fn
                 if mapping is not None:
                     new_indices = mapping(new_indices)
             target = (new_dep.target, new_dep.handler)
-            known = reached.setdefault(target, set())
+            known = merged[target][1] if target in merged else {}
             fresh = {}
             for i in new_indices:
                 if i.idx not in known:
                     fresh.setdefault(i.idx, i)  # the first root channel seen, as Torch-Pruning's merge keeps
             if not fresh:
                 continue
-            known.update(fresh)
-            merged.setdefault(target, [new_dep, {}])[1].update(fresh)
+            merged.setdefault(target, [new_dep, known])[1].update(fresh)
             fresh = list(fresh.values())
             if target not in pending:
                 pending[target] = []
