@@ -244,13 +244,13 @@ def _latency_problem(tiny, profiled, budget: str = "70%latency") -> Problem:
 
 
 def test_measured_check_keeps_the_best_candidate_that_meets_the_budget(tiny, profiled):
-    from autoprune.verify import ranked_candidates, verify_latency
+    from autoprune.verify import verify_latency
 
     problem = _latency_problem(tiny, profiled)
     rng = np.random.default_rng(0)
     for _ in range(8):
         problem.evaluate(problem.project(rng.uniform(0, 0.8, problem.space.size), rng))
-    ranked = ranked_candidates(problem)
+    ranked = problem.ranked()
     assert [r.reward for r in ranked] == sorted((r.reward for r in ranked), reverse=True)
     assert ranked[0].index == problem.best.index
     # the table's two favourites run at 90% of the unpruned model when timed, the rest at 60%
@@ -272,9 +272,38 @@ def test_measured_check_keeps_the_best_candidate_that_meets_the_budget(tiny, pro
     assert [c["evaluation"] for c in report["checked"][2:]] == [r.index for r in second]
     assert chosen.index == max(second, key=lambda r: r.reward).index  # the most accurate of those that pass
     # nothing passes at all: the search's best comes back, flagged as unverified
+    # ... after three re-projections under ever tighter budgets, each timed too
     chosen, report = verify_latency(problem, tiny[0], top=2, timer=lambda cases, **_: [9.0, 10.0])
-    assert chosen.index == ranked[0].index and not report["verified"] and len(report["checked"]) == 4
+    assert chosen.index == ranked[0].index and not report["verified"]
+    assert [r["pool"] for r in report["reprojections"]] == [3, 4, 5]
+    assert {1, 2, 3} <= {c["pool"] for c in report["checked"]}  # a round tighter than the thinnest policy: none
+    targets = [r["latency_targets_ms"][0] for r in report["reprojections"]]
+    assert targets == sorted(targets, reverse=True) and targets[0] < problem.budgets.budgets[0].target
     assert report["chosen"]["evaluation"] == ranked[0].index  # its own timing, not the last one checked
+
+
+def test_a_table_that_under_predicts_is_corrected_by_re_projection(tiny, profiled):
+    """Every candidate measures 25% slower than the table says: the best ones, re-projected under the budget
+    divided by 1.25, pass when timed (a verified run, not exit 3)."""
+    from autoprune.verify import verify_latency
+
+    problem = _latency_problem(tiny, profiled)
+    rng = np.random.default_rng(1)
+    for _ in range(6):
+        problem.evaluate(problem.project(rng.uniform(0, 0.8, problem.space.size), rng))
+    evaluated = problem.n_evals
+    base = problem.base_costs["latency_ms"]
+
+    def timer(cases, **_):
+        (ratios, _), _base = cases
+        return [10.0 * 1.25 * problem.costs(np.asarray(ratios))["latency_ms"] / base, 10.0]
+
+    chosen, report = verify_latency(problem, tiny[0], top=3, timer=timer)
+    assert report["verified"] and len(report["reprojections"]) == 1
+    assert report["chosen"]["pool"] == 3 and report["chosen"]["measured_fraction"] <= 0.7
+    assert report["reprojections"][0]["measured_over_predicted"] == [pytest.approx(1.25)]
+    assert chosen.index >= evaluated  # a new evaluation, scored and stored like every other
+    assert chosen.costs["latency_ms"] <= 0.7 * base / 1.25
 
 
 def test_measured_check_of_an_absolute_budget_uses_milliseconds(tiny, profiled):
