@@ -7,7 +7,12 @@ apply the winners to the pretrained model.
    an interrupted training), or loaded from `pruningnet` (a file of the same model and groups).
 2. Evolution (`evolution.py`, MetaPruning's settings) over per-group ratios projected onto every
    budget; fitness = held-out accuracy of the masked network with PruningNet-generated weights,
-   after adaptive BN on the evaluator's calibration batches. Those scores go into the run's study
+   at the evaluator's low fidelity (adaptive BN on 2 calibration batches, a fifth of the held-out
+   split: `Evaluator.quick`). The stage's size follows `n_evals`: `proxy_evals` candidates
+   (default PROXY_PER_EVAL per evaluation, at most MetaPruning's 50 x 20), population 50 (fewer
+   when that leaves under 4 generations). The paper's 1000 candidates at full fidelity took over
+   15 minutes on ResNet-20 with `--evals 20` on this 2-core CPU; the count is logged up front and
+   the progress bar follows it. Those scores go into the run's study
    marked `scorer: pruningnet`, so neither a resume nor a reader takes them for scores of the
    physically pruned pretrained model (`Problem.record_proxy`).
 3. The `n_evals` best candidates by that fitness are applied to the pretrained model (physical
@@ -24,13 +29,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from autoprune.agents.evolution import GENERATIONS, MUTATION, PARENTS, POPULATION, evolve
+from autoprune.agents.evolution import GENERATIONS, MIN_POPULATION, MUTATION, PARENTS, POPULATION, evolve
 from autoprune.agents.pruningnet import PruningNet, load_checkpoint, structure_key, train_pruningnet, unmasked
 from autoprune.errors import UserError
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "pruningnet.pt"
+PROXY_PER_EVAL = 10  # PruningNet-scored candidates per evaluation (--evals) by default
+MIN_GENERATIONS = 4
 
 
 class MetaPruningSearch:
@@ -42,7 +49,7 @@ class MetaPruningSearch:
     def __init__(self, *, pruningnet_epochs: int = 2, pruningnet_lr: float = 0.01, pruningnet_batch: int = 128,
                  hidden: int = 32, pruningnet: str | Path | None = None, population: int = POPULATION,
                  parents: int = PARENTS, mutation: float = MUTATION, generations: int = GENERATIONS,
-                 batch: int = 1) -> None:
+                 proxy_evals: int | None = None, batch: int = 1) -> None:
         if pruningnet_epochs < 0 or pruningnet_batch < 2:
             raise UserError("--pruningnet-epochs must be >= 0 and the PruningNet batch >= 2")
         self.epochs, self.lr, self.batch_size, self.hidden = pruningnet_epochs, pruningnet_lr, pruningnet_batch, hidden
@@ -50,6 +57,9 @@ class MetaPruningSearch:
         if self.reuse is not None and not self.reuse.is_file():
             raise UserError(f"PruningNet file not found: {self.reuse}")
         self.population, self.parents, self.mutation, self.generations = population, parents, mutation, generations
+        if proxy_evals is not None and proxy_evals < 1:
+            raise UserError("metapruning's proxy_evals must be at least 1")
+        self.proxy_evals = proxy_evals
         self.batch = batch  # workers score the finalists in parallel
         self.checkpoint_path: Path | None = None
         self.pnet: PruningNet | None = None
@@ -90,27 +100,49 @@ class MetaPruningSearch:
                                      "structure": structure_key(graph), "train_seconds": time.perf_counter() - t}
         return pnet
 
-    def score(self, problem, batch: list[np.ndarray]) -> list[float]:
-        """Held-out accuracy of each policy with PruningNet weights (adaptive BN first), recorded as a proxy."""
+    def score(self, problem, batch: list[np.ndarray], done: list[int], total: int) -> list[float]:
+        """Held-out accuracy of each policy with PruningNet weights (adaptive BN first), recorded as a proxy.
+
+        At the evaluator's low fidelity where it has one (Evaluator.quick), else its full score.
+        """
+        evaluator = problem.evaluator
+        quick = getattr(evaluator, "heldout", None) is not None and evaluator.sliceable()
+        progress = getattr(problem, "progress", None) or (lambda what, d, t: None)
         out = []
         for ratios in batch:
             stored = problem.proxy_score(ratios, "pruningnet")
             if stored is None:
                 net = self.pnet.materialize(problem.space.kept(ratios))
-                stored = problem.evaluator(net)["top1"]
+                stored = (evaluator.quick(net) if quick else evaluator(net))["top1"]
                 problem.record_proxy(ratios, stored, "pruningnet")
             out.append(stored)
+            done[0] += 1
+            progress(f"scoring {total} candidates with PruningNet weights", min(done[0], total), total)
         return out
+
+    def stage_size(self, n_evals: int) -> tuple[int, int, int]:
+        """(proxy candidates, population, generations) of the evolution stage for `n_evals` evaluations."""
+        cap = self.population * self.generations
+        proxy = min(cap, self.proxy_evals if self.proxy_evals is not None else PROXY_PER_EVAL * max(1, n_evals))
+        population = max(2, min(self.population, max(MIN_POPULATION, proxy // MIN_GENERATIONS)))
+        return proxy, population, -(-proxy // population)
 
     def search(self, problem, n_evals: int, *, seed: int) -> None:
         self.check_problem(problem)
+        proxy, population, generations = self.stage_size(n_evals)
+        log.info("metapruning: PruningNet %s, then %d candidates scored with its weights (population %d, %d "
+                 "generations), then the %d best pruned from the pretrained model and evaluated",
+                 "reused" if self.reuse else f"trained {self.epochs} epoch(s)", proxy, population, generations,
+                 n_evals)
         self.pnet = self._pruningnet(problem, seed)
         self.pnet.eval()
         t = time.perf_counter()
-        ranked = evolve(problem, lambda b: self.score(problem, b), self.population * self.generations, seed=seed,
-                        population=self.population, parents=self.parents, mutation=self.mutation,
-                        generations=self.generations)
-        self.report["evolution"] = {"candidates": len(ranked), "seconds": time.perf_counter() - t,
+        done = [0]
+        ranked = evolve(problem, lambda b: self.score(problem, b, done, proxy), proxy, seed=seed,
+                        population=population, parents=self.parents, mutation=self.mutation,
+                        generations=generations)
+        self.report["evolution"] = {"candidates": len(ranked), "population": population, "generations": generations,
+                                    "seconds": time.perf_counter() - t,
                                     "best_pruningnet_accuracy": ranked[0][0] if ranked else None}
         finalists = [r for _, r in ranked[:max(0, n_evals - problem.n_evals)]]
         problem.evaluate_many(finalists)

@@ -49,6 +49,17 @@ def test_registered_with_defaults():
     assert population_for(60, None, 20) == 10 and population_for(60, 7, 20) == 7
 
 
+def test_the_proxy_stage_scales_with_the_evaluations():
+    """Ten PruningNet-scored candidates per evaluation, 50 x 20 at most, 4 generations where a population >= 10 allows."""
+    search = MetaPruningSearch()
+    assert search.stage_size(20) == (200, 50, 4)
+    assert search.stage_size(5) == (50, 12, 5)
+    assert search.stage_size(1000) == (1000, 50, 20)
+    assert MetaPruningSearch(proxy_evals=30).stage_size(20) == (30, 10, 3)
+    with pytest.raises(UserError):
+        MetaPruningSearch(proxy_evals=0)
+
+
 def test_evolution_learns_the_known_answer_and_respects_the_budget(surrogate_problem):
     n = surrogate_problem().space.size
     s = np.where(np.arange(n) < n // 2, 1.0, 0.01)
