@@ -20,6 +20,13 @@ within budget and the non-dominated front (`pareto_front`).
 
 With `batch > 1` (parallel workers) several trials are asked before any is told; TPE then uses
 Optuna's constant liar so the batch does not collapse onto one point.
+
+With the fidelity ladder (`--fidelity ladder`, autoprune.ladder) Optuna's own
+SuccessiveHalvingPruner decides the climbs of the single-objective samplers: each rung's reward is
+reported at step eta**rung (the resource a rung stands for) and the trial climbs while
+`should_prune()` says no; a trial stopped below the top rung is told PRUNED, which TPE ranks below
+every completed one. NSGA-II (multi-objective, which Optuna's pruners do not serve) leaves the
+climbs to the ladder's own rule.
 """
 from __future__ import annotations
 
@@ -66,6 +73,21 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return front
 
 
+def _judge(trial: optuna.Trial, eta: int):
+    """The ladder's `promote` for one trial: report the rung's reward, climb unless Optuna's pruner says stop."""
+    def climb(rung: int, reward: float) -> bool:
+        trial.report(reward, step=eta ** rung)
+        return not trial.should_prune()
+
+    return climb
+
+
+def _reported(study: optuna.Study) -> set[int]:
+    """Numbers of the running trials that reported an intermediate value (their climb went through `_judge`)."""
+    return {t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+            if t.intermediate_values}
+
+
 class OptunaSearch:
     """An Optuna sampler proposing one ratio per group; candidates projected onto the budget."""
 
@@ -81,7 +103,12 @@ class OptunaSearch:
         multi = self.sampler == "nsga2"
         cost_metric = self.objective or ("latency_ms" if "latency_ms" in problem.cost_models else "macs")
         sampler = make_sampler(self.sampler, seed, n_evals, self.batch)
-        study = optuna.create_study(sampler=sampler, directions=["maximize", "minimize"] if multi else ["maximize"])
+        ladder = getattr(problem, "ladder", None)
+        pruner = (optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=ladder.eta,
+                                                         min_early_stopping_rate=0)
+                  if ladder is not None and not multi else None)
+        study = optuna.create_study(sampler=sampler, pruner=pruner,
+                                    directions=["maximize", "minimize"] if multi else ["maximize"])
         self.study = study
         names, highs = problem.space.names, problem.space.max_ratios
         distributions = {n: optuna.distributions.FloatDistribution(0.0, max(float(h), 1e-6))
@@ -93,12 +120,20 @@ class OptunaSearch:
             trials = [study.ask(distributions) for _ in range(k)]
             xs = [np.array([t.params[n] for n in names]) for t in trials]
             candidates = [x if multi and problem.feasible(x) else problem.project(x, rng) for x in xs]
-            results = evaluate_many(candidates) if evaluate_many else [problem.evaluate(c) for c in candidates]
+            if pruner is not None:
+                results = evaluate_many(candidates, promote=[_judge(t, ladder.eta) for t in trials])
+            else:
+                results = evaluate_many(candidates) if evaluate_many else [problem.evaluate(c) for c in candidates]
             for trial, result in zip(trials, results):
                 if result is None:  # the projection guarantees the budget; keep the sampler honest anyway
                     study.tell(trial, state=optuna.trial.TrialState.FAIL)
                     continue
                 trial.set_user_attr("evaluation", result.index)
+                if pruner is not None and result.rung < len(ladder.rewards) - 1:
+                    if trial.number not in _reported(study):  # a repeated policy: its climb as first scored
+                        trial.report(result.reward, step=ladder.eta ** result.rung)
+                    study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                    continue
                 study.tell(trial, [result.reward, result.costs[cost_metric]] if multi else result.reward)
         if multi:
             self.pareto_front = self._front(problem, cost_metric)

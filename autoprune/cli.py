@@ -116,14 +116,23 @@ def search(
     finetune_epochs: Annotated[int, typer.Option(help="Fine-tune the best policy for N epochs afterwards.")] = 0,
     distill: Annotated[bool, typer.Option(help="Fine-tune with the unpruned model as teacher (KL on logits, "
                                           "T=4, plus cross-entropy).")] = False,
-    reconstruct: Annotated[bool, typer.Option(help="Refit the pruned layers by least squares to the unpruned "
-                                              "model's outputs on 256 calibration images.")] = False,
+    reconstruct: Annotated[bool | None, typer.Option(
+        "--reconstruct/--no-reconstruct", help="Refit the pruned layers by least squares to the unpruned model's "
+        "outputs on 256 calibration images. Default: on wherever it applies (channel space, image-tensor "
+        "inputs).")] = None,
     reconstruct_top: Annotated[int, typer.Option(help="With --reconstruct: refit and re-rank the K best after the "
                                                  "search (K more evaluations, each ~2x one without refit); 0 "
                                                  "refits every candidate (a search ~1.4-1.6x slower).")] = 10,
-    fidelity: Annotated[str, typer.Option(help="full, or auto: score each candidate on 2 BN batches and a fifth "
+    fidelity: Annotated[str, typer.Option(help="full; auto: score each candidate on 2 BN batches and a fifth "
                                           "of the held-out images first, and finish only those whose 99.9% "
-                                          "upper bound could still beat the best so far.")] = "full",
+                                          "upper bound could still beat the best so far; ladder: that cheap "
+                                          "score, then the full one, then a short fine-tune, each rung keeping "
+                                          "the top 1/--ladder-eta (successive halving).")] = "full",
+    ladder_steps: Annotated[int, typer.Option(help="--fidelity ladder: SGD steps (batch 128, cosine from lr 0.01) "
+                                              "of the top rung's fine-tune; 0: no fine-tune rung, the full score is the top.")] = 50,
+    ladder_eta: Annotated[int, typer.Option(help="--fidelity ladder: keep the top 1/ETA at each rung.")] = 3,
+    ladder_distill: Annotated[bool, typer.Option(help="--fidelity ladder: the fine-tune distils from the unpruned "
+                                                 "model.")] = False,
     workers: Annotated[int, typer.Option(help="Evaluate candidates in parallel on N Ray actors, each with its own "
                                          "model copy (random and the Optuna samplers propose in batches).")] = 1,
     ray_address: Annotated[str | None, typer.Option(help="Ray cluster for --workers (default: a local Ray "
@@ -176,6 +185,7 @@ def search(
                        max_ratio=max_ratio, round_to=round_to, criterion=criterion, heldout=heldout,
                        calib_batches=calib_batches, finetune_epochs=finetune_epochs, distill=distill,
                        reconstruct=reconstruct, reconstruct_top=reconstruct_top, fidelity=fidelity,
+                       ladder_steps=ladder_steps, ladder_eta=ladder_eta, ladder_distill=ladder_distill,
                        ignore=list(ignore),
                        prune_stem=prune_stem, stem_max_ratio=stem_max_ratio,
                        workers=workers, ray_address=ray_address, batch=batch, threads=threads,

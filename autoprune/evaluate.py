@@ -171,17 +171,26 @@ class Evaluator:
         fifth of the held-out split (at least FIDELITY_IMAGES). If `stop(upper confidence bound)` says the
         candidate cannot reach the top, that partial score is returned (marked "partial"); otherwise BN goes
         on over the remaining batches and the whole split is scored: exactly what `__call__` returns."""
-        n = min(len(self.heldout), max(FIDELITY_IMAGES, len(self.heldout) // 5))
-        k = min(FIDELITY_BATCHES, len(self.calib))
-        if n >= len(self.heldout) or k >= len(self.calib):
+        if not self.sliceable():
             return self(model)
-        model.to(self.device)
-        recalibrate_bn(model, self.calib[:k], self.device)
-        part = accuracy(model, _head(self.heldout, n), self.device)
-        if stop(wilson_upper(part["top1"], n)):
-            return part | {"partial": True, "images": n}
-        recalibrate_bn(model, self.calib[k:], self.device, reset=False)
+        part = self.quick(model)
+        if stop(wilson_upper(part["top1"], part["images"])):
+            return part | {"partial": True}
+        recalibrate_bn(model, self.calib[FIDELITY_BATCHES:], self.device, reset=False)
         return accuracy(model, self.heldout, self.device)
+
+    def sliceable(self) -> bool:
+        """Whether a low-fidelity score is cheaper than the full one (enough held-out images and BN batches)."""
+        return (len(self.calib) > FIDELITY_BATCHES
+                and len(self.heldout) > max(FIDELITY_IMAGES, len(self.heldout) // 5))
+
+    def quick(self, model: nn.Module) -> dict:
+        """The low-fidelity score: BN on the first FIDELITY_BATCHES calibration batches, top-1 on the first
+        fifth of the held-out split (at least FIDELITY_IMAGES images); `images` says how many."""
+        n = min(len(self.heldout), max(FIDELITY_IMAGES, len(self.heldout) // 5))
+        model.to(self.device)
+        recalibrate_bn(model, self.calib[:FIDELITY_BATCHES], self.device)
+        return accuracy(model, _head(self.heldout, n), self.device) | {"images": n}
 
 
 class FunctionEvaluator(Evaluator):

@@ -20,7 +20,7 @@ def final_pick(problem: Problem, setup, best: EvalResult, stage: Callable[[str],
     """(the returned candidate, policy.json entries saying how it was chosen)."""
     cfg = setup.config
     reranked, notes = None, {}
-    if cfg.reconstruct and cfg.reconstruct_top:
+    if cfg.reconstruct and cfg.reconstruct_top and problem.ladder is None:  # the ladder refitted from rung 1
         from autoprune.reconstruct import rerank
 
         stage(f"refitting the {cfg.reconstruct_top} best candidates by least squares")
@@ -33,8 +33,10 @@ def final_pick(problem: Problem, setup, best: EvalResult, stage: Callable[[str],
             from autoprune.reconstruct import rescore
 
             best = rescore(problem, best)
+    mode = ("ladder rungs 1-2" if problem.ladder is not None else
+            f"top-{cfg.reconstruct_top}" if cfg.reconstruct_top else "every candidate")
     notes["reconstruction"] = (None if not cfg.reconstruct else
-                               {"mode": f"top-{cfg.reconstruct_top}" if cfg.reconstruct_top else "every candidate",
+                               {"mode": mode,
                                 **({"reranked": reranked} if reranked else {})})
     return best, notes
 

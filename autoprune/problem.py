@@ -38,6 +38,8 @@ class EvalResult:
     seconds: dict[str, float] = field(default_factory=dict)
     cached: bool = False
     partial: bool = False  # scored at low fidelity only (--fidelity auto): never the best
+    rung: int | None = None  # the fidelity ladder's highest rung this candidate reached (autoprune.ladder)
+    rung_accuracy: list[float] | None = None  # its held-out score at each rung it reached
 
 
 REWARDS: dict[str, Callable[[float, dict[str, float]], float]] = {
@@ -68,9 +70,10 @@ class Problem:
         self._orders: list | None = None
         self.reconstructor = None  # set by use_reconstruction(): every pruned model refitted before scoring
         self.fidelity = "full"  # "auto": Evaluator.staged stops candidates that cannot reach the best so far
+        self.ladder = None  # an autoprune.ladder.Ladder (fidelity "ladder"): candidates climb rungs by halving
         if study is not None:
             self.attach_study(study)
-        self.timing = {"prune": 0.0, "reconstruct": 0.0, "forward": 0.0, "other": 0.0}
+        self.timing = {"prune": 0.0, "reconstruct": 0.0, "forward": 0.0, "finetune": 0.0, "other": 0.0}
         self.pool = None  # a WorkerPool (autoprune.workers) scores new policies in parallel when set
         self.train = None  # the training split, for searchers that train something of their own (metapruning)
         self.progress: Callable[[str, int, int], None] | None = None  # (what, done, total) of such a searcher
@@ -116,7 +119,25 @@ class Problem:
     @property
     def best(self) -> EvalResult | None:
         """The best full-fidelity result (a partial score is an estimate on a slice, never reported)."""
-        return max((r for r in self.results if not r.partial), key=lambda r: (r.reward, -r.index), default=None)
+        ranked = self.ranked()
+        return ranked[0] if ranked else None
+
+    def ranked(self) -> list[EvalResult]:
+        """Distinct policies that can be returned, best reward first (ties: the earlier evaluation).
+
+        Those are the full-fidelity ones; with the ladder, the ones at the highest rung any candidate
+        reached (rewards of different rungs are not comparable).
+        """
+        eligible = [r for r in self.results if not r.partial]
+        if self.ladder is not None and eligible:
+            top = max(r.rung or 0 for r in eligible)
+            eligible = [r for r in eligible if (r.rung or 0) == top]
+        seen, out = set(), []
+        for r in sorted(eligible, key=lambda r: (-r.reward, r.index)):
+            if r.key not in seen:
+                seen.add(r.key)
+                out.append(r)
+        return out
 
     def policy(self, ratios: np.ndarray) -> Policy:
         return Policy(dict(zip(self.space.names, (round(float(r), 6) for r in self.space.snap(ratios)))))
@@ -125,21 +146,29 @@ class Problem:
         """Score a policy; None (and nothing recorded) when it breaks a budget."""
         return self.evaluate_many([ratios])[0]
 
-    def evaluate_many(self, batch: list[np.ndarray]) -> list[EvalResult | None]:
+    def evaluate_many(self, batch: list[np.ndarray], promote: list | None = None) -> list[EvalResult | None]:
         """Score several policies; the new ones in parallel when a worker pool is attached.
 
         Results are recorded in the order given, exactly as if each had gone through `evaluate`
         (same indices, same study, same cache hits), so a deterministic proposer gets the same run
-        with any number of workers.
+        with any number of workers. With the fidelity ladder, `promote` may give one
+        `(rung, reward) -> bool` per policy that decides its climbs instead of the ladder's own rule
+        (Optuna's pruner, for the Optuna samplers).
         """
         t0 = time.perf_counter()
         prepared = [self._prepare(r) for r in batch]
         fresh: dict[str, tuple[np.ndarray, dict[str, float]]] = {}
-        for p in prepared:
+        judges: dict[str, object] = {}
+        for i, p in enumerate(prepared):
             if p is not None and p[1] not in self._cache and p[1] not in self._stored:
                 fresh.setdefault(p[1], (p[0], p[2]))
+                if promote is not None:
+                    judges.setdefault(p[1], promote[i])
         t1 = time.perf_counter()
-        scores = dict(zip(fresh, self._score_all(list(fresh.values()))))
+        if self.ladder is not None:
+            scores = dict(zip(fresh, self._climb(list(fresh.values()), [judges.get(k) for k in fresh])))
+        else:
+            scores = dict(zip(fresh, self._score_all(list(fresh.values()))))
         t2 = time.perf_counter()
         out: list[EvalResult | None] = []
         for p in prepared:
@@ -153,7 +182,10 @@ class Problem:
                 stored = self._stored[key]
                 result = EvalResult(self.n_evals, ratios, key, costs, stored["accuracy"], stored.get("top5"),
                                     stored["reward"], stored.get("seconds", {}), cached=True,
-                                    partial=stored.get("fidelity") == "partial")
+                                    partial=stored.get("fidelity") == "partial", rung=stored.get("rung"),
+                                    rung_accuracy=stored.get("rung_accuracy"))
+                if self.ladder is not None and result.rung_accuracy:  # a resumed run: the pools as they were
+                    self.ladder.seen([self.reward_fn(a, costs) for a in result.rung_accuracy])
             else:
                 result = self._record(ratios, key, costs, *scores[key])
             self._cache.setdefault(key, result)
@@ -196,7 +228,62 @@ class Problem:
             out.append((acc, seconds))
         return out
 
-    def score(self, ratios: np.ndarray, stop: Callable[[float], bool] | None = None) -> tuple[dict, dict[str, float]]:
+    def _climb(self, batch: list[tuple[np.ndarray, dict[str, float]]],
+               judges: list) -> list[tuple[dict, dict[str, float]]]:
+        """The ladder (autoprune.ladder): every policy of the batch scored at rung 0, then the rung's winners
+        -- by `judges` where given, else the ladder's rule over the pool of this rung -- scored at the next."""
+        ladder = self.ladder
+        accs: list[list[float]] = [[] for _ in batch]
+        seconds = [dict.fromkeys(("prune", "reconstruct", "forward", "finetune"), 0.0) for _ in batch]
+        top5: list = [None] * len(batch)
+        models: dict[int, nn.Module] = {}
+        alive = list(range(len(batch)))
+        for rung in range(ladder.top + 1):
+            for i in alive:
+                acc, models[i] = self._score_rung(batch[i][0], rung, models.get(i), seconds[i])
+                accs[i].append(acc["top1"])
+                top5[i] = acc.get("top5")
+            rewards = {i: float(self.reward_fn(accs[i][-1], batch[i][1])) for i in alive}
+            for i in alive:
+                ladder.rewards[rung].append(rewards[i])
+            if rung == ladder.top:
+                break
+            alive = [i for i in alive
+                     if (judges[i](rung, rewards[i]) if judges[i] is not None else ladder.promotable(rung, rewards[i]))]
+            for i in list(models):  # only the climbers' models are needed further up
+                if i not in alive:
+                    del models[i]
+        return [({"top1": a[-1], "top5": top5[i], "rung": len(a) - 1, "rung_accuracy": a}, seconds[i])
+                for i, a in enumerate(accs)]
+
+    def _score_rung(self, ratios: np.ndarray, rung: int, model: nn.Module | None,
+                    seconds: dict[str, float]) -> tuple[dict, nn.Module]:
+        """(accuracy dict, the model) of one policy at one rung; rung 2 trains rung 1's `model` further."""
+        t0 = time.perf_counter()
+        if rung == 0:
+            model = self.prune(ratios)
+            t1 = time.perf_counter()
+            if self.reconstructor is not None:
+                self.reconstructor(model, self.space.kept(ratios), quick=True)
+            t2 = time.perf_counter()
+            acc = self.evaluator.quick(model)
+            seconds["prune"] += t1 - t0
+            seconds["reconstruct"] += t2 - t1
+            seconds["forward"] += time.perf_counter() - t2
+        elif rung == 1:
+            acc, s = self.score(ratios, keep=True)
+            model = acc.pop("model")
+            for k, v in s.items():
+                seconds[k] += v
+        else:
+            seconds["finetune"] += self.ladder.finetune(model, self.model, self.evaluator.device)
+            t1 = time.perf_counter()
+            acc = self.evaluator(model, recalibrate=False)
+            seconds["forward"] += time.perf_counter() - t1
+        return acc, model
+
+    def score(self, ratios: np.ndarray, stop: Callable[[float], bool] | None = None,
+              keep: bool = False) -> tuple[dict, dict[str, float]]:
         """Prune a copy and evaluate it: (accuracy dict, seconds). No cache, no study: workers call this.
 
         With `stop`, the evaluator scores in stages (Evaluator.staged) and may return a partial score.
@@ -208,6 +295,8 @@ class Problem:
             self.reconstructor(pruned, self.space.kept(ratios))
         t3 = time.perf_counter()
         acc = self.evaluator(pruned) if stop is None else self.evaluator.staged(pruned, stop)
+        if keep:  # the ladder trains this very model at its next rung
+            acc = acc | {"model": pruned}
         return acc, {"prune": t2 - t1, "reconstruct": t3 - t2, "forward": time.perf_counter() - t3}
 
     def _record(self, ratios: np.ndarray, key: str, costs: dict[str, float], acc: dict,
@@ -215,20 +304,22 @@ class Problem:
         reward = float(self.reward_fn(acc["top1"], costs))
         partial = bool(acc.get("partial"))
         result = EvalResult(self.n_evals, ratios, key, costs, acc["top1"], acc.get("top5"), reward, dict(seconds),
-                            partial=partial)
+                            partial=partial, rung=acc.get("rung"), rung_accuracy=acc.get("rung_accuracy"))
         if self.study is not None:
             self.study.add(list(ratios), acc["top1"], {
                 "key": key, "index": result.index, "ratios": [float(r) for r in ratios], **costs,
                 "top5": acc.get("top5"), "reward": reward, "seconds": seconds,
-                **({"fidelity": "partial", "images": acc.get("images")} if partial else {})})
+                **({"fidelity": "partial", "images": acc.get("images")} if partial else {}),
+                **({"rung": result.rung, "rung_accuracy": result.rung_accuracy} if result.rung is not None else {})})
         self.timing["prune"] += seconds.get("prune", 0.0)
         self.timing["reconstruct"] += seconds.get("reconstruct", 0.0)
         self.timing["forward"] += seconds.get("forward", 0.0)
+        self.timing["finetune"] += seconds.get("finetune", 0.0)
         return result
 
     def _replay(self, r: EvalResult) -> EvalResult:
         return EvalResult(self.n_evals, r.ratios, r.key, r.costs, r.accuracy, r.top5, r.reward, r.seconds, cached=True,
-                          partial=r.partial)
+                          partial=r.partial, rung=r.rung, rung_accuracy=r.rung_accuracy)
 
     def overhead_share(self) -> float:
         """Share of evaluation time spent beyond forward passes (pruning, costing, storing)."""

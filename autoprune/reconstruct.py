@@ -83,14 +83,12 @@ def _positions(out: torch.Tensor, m: nn.Module, rows: int, gen: torch.Generator)
 
 
 @torch.no_grad()
-def reconstruct(pruned: nn.Module, base: nn.Module, kept_out: dict[str, torch.Tensor], images: torch.Tensor, *,
-                rows: int = ROWS, ridge: float = RIDGE, seed: int = 0) -> int:
-    """Refit `pruned`'s dense layers in place to reproduce `base`'s outputs on `images`; returns how many.
+def base_samples(base: nn.Module, images: torch.Tensor, *, rows: int = ROWS, seed: int = 0) -> dict[str, tuple]:
+    """Per refittable layer of `base`: (sampled output positions, the unpruned outputs there) on `images`.
 
-    `base` and `pruned` must be on the same device as `images`, in eval mode; module names match.
+    They depend on the unpruned model only, so a run computes them once for all its candidates.
     """
-    base_modules = dict(base.named_modules())
-    layers = {name: m for name, m in pruned.named_modules() if _refittable(m) and name in base_modules}
+    layers = {name: m for name, m in base.named_modules() if _refittable(m)}
     gen = torch.Generator().manual_seed(seed)
     samples: dict[str, tuple] = {}
 
@@ -100,20 +98,31 @@ def reconstruct(pruned: nn.Module, base: nn.Module, kept_out: dict[str, torch.Te
             samples[name] = (pos, _targets(out, m, pos))
         return hook
 
-    handles = [base_modules[n].register_forward_hook(record(n)) for n in layers]
+    handles = [m.register_forward_hook(record(n)) for n, m in layers.items()]
     try:
         base(images)
     finally:
         for h in handles:
             h.remove()
+    return samples
 
+
+@torch.no_grad()
+def reconstruct(pruned: nn.Module, base: nn.Module, kept_out: dict[str, torch.Tensor], images: torch.Tensor, *,
+                rows: int = ROWS, ridge: float = RIDGE, seed: int = 0, samples: dict[str, tuple] | None = None) -> int:
+    """Refit `pruned`'s dense layers in place to reproduce `base`'s outputs on `images`; returns how many.
+
+    `base` and `pruned` must be on the same device as `images`, in eval mode; module names match.
+    `samples`: `base_samples(base, images, rows=rows, seed=seed)` computed before (the same values).
+    """
+    if samples is None:
+        samples = base_samples(base, images, rows=rows, seed=seed)
+    layers = {name: m for name, m in pruned.named_modules() if _refittable(m) and name in samples}
     done = 0
 
     def refit(name: str):
         def hook(m, inputs):
             nonlocal done
-            if name not in samples:  # not run by the unpruned model's forward (an unused branch)
-                return
             pos, target = samples[name]
             if name in kept_out:
                 target = target[:, kept_out[name].to(target.device)]
@@ -139,6 +148,9 @@ def reconstruct(pruned: nn.Module, base: nn.Module, kept_out: dict[str, torch.Te
 
 
 RECONSTRUCT_BATCHES = 4  # of the run's BN-calibration batches (64 images each): 256 images
+# The ladder's first rung refits cheaply: 1 batch, 1024 rows per layer -- ~1/3 of the full refit's time, and on
+# ResNet-20 at 30% FLOPs it keeps a candidate at 69% held-out where no refit leaves 17% (full refit: 81%).
+QUICK_BATCHES, QUICK_ROWS = 1, 1024
 
 
 class Reconstructor:
@@ -150,10 +162,17 @@ class Reconstructor:
         self.base = copy.deepcopy(model).to(device).eval()
         self.graph, self.orders, self.device, self.seed = graph, orders, device, seed
         self.images = torch.cat(calib[:RECONSTRUCT_BATCHES]).to(device)
+        self._samples: dict[bool, dict[str, tuple]] = {}  # the unpruned model's targets: one forward per run
 
-    def __call__(self, pruned: nn.Module, kept) -> nn.Module:
+    def __call__(self, pruned: nn.Module, kept, *, quick: bool = False) -> nn.Module:
+        """Refit `pruned` in place; `quick`: on QUICK_BATCHES batches at QUICK_ROWS rows (the ladder's rung 0)."""
         pruned.to(self.device).eval()
-        reconstruct(pruned, self.base, kept_outputs(self.graph, kept, self.orders), self.images, seed=self.seed)
+        images = self.images[:QUICK_BATCHES * len(self.images) // RECONSTRUCT_BATCHES] if quick else self.images
+        rows = QUICK_ROWS if quick else ROWS
+        if quick not in self._samples:
+            self._samples[quick] = base_samples(self.base, images, rows=rows, seed=self.seed)
+        reconstruct(pruned, self.base, kept_outputs(self.graph, kept, self.orders), images, rows=rows, seed=self.seed,
+                    samples=self._samples[quick])
         return pruned
 
 
@@ -162,9 +181,7 @@ def rerank(problem, top: int):
 
     From here on the problem refits every model it prunes (`Problem.pruned_model` included).
     """
-    from autoprune.verify import ranked_candidates
-
-    candidates = ranked_candidates(problem)[:top]
+    candidates = problem.ranked()[:top]
     problem.use_reconstruction()
     scored = [rescore(problem, r) for r in candidates]
     rows = [{"evaluation": r.index, "heldout": r.accuracy, "reconstructed_heldout": s.accuracy}

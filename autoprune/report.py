@@ -91,8 +91,12 @@ def load_candidates(run: Path, policy: dict) -> list[dict]:
             continue
         costs = {m: float(a[m]) for m in COSTS if a.get(m) is not None}
         out.append({"index": int(a.get("index", t.number)), "accuracy": float(t.value), "costs": costs,
-                    "partial": a.get("fidelity") == "partial",
+                    "partial": a.get("fidelity") == "partial", "rung": a.get("rung"),
+                    "rung_accuracy": a.get("rung_accuracy"),
                     "feasible": all(costs[b.metric] <= b.target * (1 + 1e-9) for b in budgets if b.metric in costs)})
+    top = max((c["rung"] for c in out if c["rung"] is not None), default=None)
+    for c in out:  # the ladder: a score below the top rung is an estimate, as a partial one (never the best)
+        c["partial"] = c["partial"] or (top is not None and c["rung"] is not None and c["rung"] < top)
     return sorted(out, key=lambda c: c["index"])
 
 
@@ -180,6 +184,17 @@ def run_page(run: Path) -> str:
                             "project candidates to just under the budget, so most sit close to it."))
     else:
         parts.append(note("The study holds no evaluation."))
+
+    ladder = policy.get("ladder")
+    if ladder and any(c["rung_accuracy"] for c in cands):
+        counts = ", ".join(f"{n} at {name}" for n, name in zip(ladder["candidates_per_rung"], ladder["rungs"]))
+        parts.append("<h2>The fidelity ladder</h2>")
+        parts.append(figure("ladder", plots.ladder(cands, ladder["rungs"], pick),
+                            f"Held-out accuracy of every candidate at each rung it reached ({counts}); each "
+                            f"rung kept the top 1/{ladder['eta']} of the candidates scored there so far. "
+                            + (f"Rung {ladder['rungs'][-1]}: {ladder['steps']} SGD steps of fine-tuning"
+                               f"{' with distillation' if ladder.get('distill') else ''}. " if ladder["steps"] else "")
+                            + "The star is the returned policy: the best at the highest rung."))
 
     check = policy.get("latency_verification")
     if check and check.get("checked"):

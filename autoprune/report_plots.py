@@ -130,6 +130,29 @@ def _mark_pick(ax, cands: list[dict], pick: int | None, x_of) -> None:
                    label="returned policy")
 
 
+def ladder(cands: list[dict], rungs: Sequence[str], pick: int | None) -> str:
+    """Each candidate's held-out accuracy at every rung it reached, joined by a line; the pick's path in red."""
+    fig = _figure()
+    ax = fig.add_subplot()
+    climbed = [c for c in cands if c.get("rung_accuracy")]
+    for c in climbed:
+        ys = [100 * a for a in c["rung_accuracy"]]
+        chosen = c["index"] == pick
+        ax.plot(range(len(ys)), ys, color=PICK if chosen else FULL, alpha=1.0 if chosen else 0.35,
+                lw=1.6 if chosen else 0.8, marker="o", ms=4 if chosen else 2.5, zorder=5 if chosen else 2,
+                label="returned policy" if chosen else None)
+    for rung in range(len(rungs)):
+        n = sum(len(c["rung_accuracy"]) > rung for c in climbed)
+        ax.annotate(f"{n}", (rung, 1), xycoords=("data", "axes fraction"), xytext=(0, 2), textcoords="offset points",
+                    ha="center", va="bottom", fontsize=8, color="grey")
+    ax.set_xticks(range(len(rungs)), [f"{i}: {name}" for i, name in enumerate(rungs)])
+    ax.set_xlim(-0.3, len(rungs) - 0.7)
+    ax.set_xlabel("rung (grey: candidates scored there)")
+    ax.set_ylabel("held-out top-1 (%)")
+    _legend_outside(fig)
+    return to_svg(fig, "ladder")
+
+
 def tradeoff(cands: list[dict], metric: str, base_cost: float, budgets: list[float], pick: int | None) -> str:
     """Accuracy against cost (% of the unpruned model) of every candidate, budget line(s), Pareto front."""
     fig = _figure()

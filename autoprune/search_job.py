@@ -63,11 +63,21 @@ class SearchConfig:
     calib_batches: int = 20
     finetune_epochs: int = 0
     distill: bool = False  # fine-tune with the unpruned model as teacher
-    reconstruct: bool = False  # least-squares refit of the pruned layers (autoprune.reconstruct)
+    # Least-squares refit of the pruned layers (autoprune.reconstruct). None: on wherever it applies (channel
+    # space, image-tensor inputs); it lifted ResNet-20 at 50% FLOPs from 86.3 to 91.9% test (tpe, 60 evaluations,
+    # bench/results/engine_settings-50pctFLOPs-60evals.md). True: on, refused where it cannot apply.
+    reconstruct: bool | None = None
     # K: refit and re-rank the K best after the search; 0: refit every candidate. Measured at 60 evaluations,
     # 50% FLOPs: top-10 tested as well as every-candidate (ResNet-20 91.88 vs 91.83%) at ~70% of its time.
     reconstruct_top: int = 10
-    fidelity: str = "full"  # "auto": stop hopeless candidates after a low-fidelity first stage
+    # "auto": stop hopeless candidates after a low-fidelity first stage; "ladder": successive halving from that
+    # stage through the full score to a short fine-tune (autoprune.ladder)
+    fidelity: str = "full"
+    # The ladder's top rung: SGD steps of fine-tuning on the training split (0: none). 50 ranked the 1-epoch
+    # fine-tuned accuracy as well as 200 at a quarter of the cost (bench/results/ladder_fidelity-*).
+    ladder_steps: int = 50
+    ladder_eta: int = 3  # the ladder keeps the top 1/eta of each rung
+    ladder_distill: bool = False  # the ladder's fine-tune distils from the unpruned model
     ignore: list[str] = field(default_factory=list)
     # The stem's outputs share a group with every residual add they feed (stage 1 of a ResNet): excluding the
     # stem freezes that whole group. Off by default: at 50% FLOPs it gains ResNet-20 ~5 pp but costs ResNet-56
@@ -171,6 +181,7 @@ def build_setup(cfg: SearchConfig, *, on_profile: Callable[[str, int, int], None
                         prune_stem=cfg.stem_cap() > 0, example_inputs=data.example_inputs,
                         deepest=max(cfg.max_ratio, cfg.stem_cap()), progress=on_stage)
     check_inputs_support(cfg, graph, data, bundle.model)
+    cfg.reconstruct = refit_applies(cfg, graph, data) if cfg.reconstruct is None else cfg.reconstruct
     space = _space(cfg, graph, bundle.model)
     common = dict(calib_batches=cfg.calib_batches, seed=cfg.seed, to_inputs=data.batch_to_inputs)
     if data.evaluate is not None:  # the user's evaluate(model) replaces held-out top-1
@@ -198,17 +209,9 @@ def build_setup(cfg: SearchConfig, *, on_profile: Callable[[str, int, int], None
     problem.train = data.train
     if cfg.reconstruct_top < 0:
         raise UserError("--reconstruct-top must be 0 (every candidate) or a positive count")
-    if cfg.reconstruct and not cfg.reconstruct_top:
+    if cfg.reconstruct and (not cfg.reconstruct_top or cfg.fidelity == "ladder"):  # the ladder refits at rung 1
         problem.use_reconstruction()
-    if cfg.fidelity not in ("full", "auto"):
-        raise UserError(f"--fidelity must be full or auto, not '{cfg.fidelity}'")
-    if cfg.fidelity == "auto" and isinstance(evaluator, FunctionEvaluator):
-        raise UserError("fidelity='auto' scores a slice of the held-out images first: it needs held-out data, "
-                        "not an evaluate function")
-    if cfg.fidelity == "auto" and cfg.workers > 1:
-        raise UserError("--fidelity auto stops candidates against the best so far, one after another: "
-                        "use it with --workers 1")
-    problem.fidelity = cfg.fidelity
+    set_fidelity(cfg, problem, data)
     searcher = agents.build(cfg.agent, **_agent_options(cfg))
     if hasattr(searcher, "check_problem"):  # a searcher's own refusals (metapruning: space, PruningNet file)
         searcher.check_problem(problem)
@@ -219,6 +222,37 @@ def build_setup(cfg: SearchConfig, *, on_profile: Callable[[str, int, int], None
                             f"of {', '.join(batching)}")
         searcher.batch = cfg.workers
     return Setup(cfg, data, bundle, problem, searcher, device, inputs)
+
+
+def refit_applies(cfg: SearchConfig, graph, data: DataBundle) -> bool:
+    """Whether the default refit can run: channel space, and the model fed plain image batches."""
+    return cfg.space == "channel" and graph.takes_one_tensor and data.batch_to_inputs is None
+
+
+def set_fidelity(cfg: SearchConfig, problem: Problem, data: DataBundle) -> None:
+    """`--fidelity` on the problem: full, auto (Evaluator.staged) or the ladder (autoprune.ladder)."""
+    if cfg.fidelity not in ("full", "auto", "ladder"):
+        raise UserError(f"--fidelity must be full, auto or ladder, not '{cfg.fidelity}'")
+    if cfg.fidelity == "full":
+        return
+    if isinstance(problem.evaluator, FunctionEvaluator):
+        raise UserError(f"--fidelity {cfg.fidelity} scores a slice of the held-out images first: it needs "
+                        "held-out data, not an evaluate function")
+    if cfg.workers > 1:
+        raise UserError(f"--fidelity {cfg.fidelity} decides each candidate against those scored before it, in this "
+                        "process: use it with --workers 1")
+    problem.fidelity = cfg.fidelity
+    if cfg.fidelity == "ladder":
+        from autoprune.ladder import Ladder
+
+        if not problem.space.graph.takes_one_tensor:
+            raise UserError("--fidelity ladder fine-tunes on (image, label) batches: it needs a model fed one "
+                            "image tensor")
+        try:
+            problem.ladder = Ladder(eta=cfg.ladder_eta, steps=cfg.ladder_steps, distill=cfg.ladder_distill,
+                                    seed=cfg.seed, data=data)
+        except ValueError as exc:
+            raise UserError(f"--ladder-eta / --ladder-steps: {exc}") from None
 
 
 def logits_or_kind(model: torch.nn.Module, example) -> str | None:
@@ -433,12 +467,16 @@ def _execute(out: Path, setup: Setup, *, on_result: Callable[[EvalResult, Proble
         "criterion": cfg.criterion, "agent": cfg.agent, "seed": cfg.seed,
         "budgets": cfg.budgets, "macs": best.costs["macs"], "base_macs": problem.base_costs["macs"],
         "params": best.costs["params"], "base_params": problem.base_costs["params"],
-        "heldout_accuracy": best.accuracy, "base_heldout_accuracy": base_heldout,
+        # the returned model's own score: with the ladder its full rung (the top rung's fine-tune is not kept)
+        "heldout_accuracy": best.rung_accuracy[1] if best.rung_accuracy and best.rung else best.accuracy,
+        "base_heldout_accuracy": base_heldout,
+        **({"ladder_heldout_accuracy": best.accuracy} if best.rung is not None and problem.ladder.steps else {}),
         "test_accuracy": test, "base_test_accuracy": base_test,
         "latency_ms": latency["pruned"], "base_latency_ms": latency["base"], "latency_batch": cfg.batch,
         "latency_device": device.type,
         "evaluations": problem.n_evals, "cached_evaluations": sum(r.cached for r in problem.results),
         "fidelity": cfg.fidelity, "partial_evaluations": sum(r.partial for r in problem.results),
+        **({"ladder": problem.ladder.describe()} if problem.ladder is not None else {}),
         "best_evaluation": best.index, "search_seconds": round(search_seconds, 2),
         "overhead_share": round(problem.overhead_share(), 4),
         "heldout_images": None if setup.data.heldout is None else len(setup.data.heldout),

@@ -36,6 +36,7 @@ class TrainConfig:
     teacher: nn.Module | None = None  # distil from this model's logits (the unpruned one)
     temperature: float = 4.0
     distill_weight: float = 0.5  # share of the KL term; 1 - this for the labels' cross-entropy
+    max_steps: int | None = None  # stop (and end the schedule) after this many SGD steps: the ladder's short fine-tune
 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, *, temperature: float,
@@ -65,8 +66,10 @@ def train(model: nn.Module, data: DataBundle, cfg: TrainConfig, device: torch.de
     model.to(device, memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=True,
                           weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(data.train) / cfg.batch_size) - 1  # drop_last
+    steps_per_epoch = max(1, math.ceil(len(data.train) / cfg.batch_size) - 1)  # drop_last
     total = max(1, steps_per_epoch * cfg.epochs)
+    if cfg.max_steps is not None:
+        total = min(total, cfg.max_steps)
     if cfg.schedule == "onecycle":
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.25)
     else:
@@ -75,7 +78,10 @@ def train(model: nn.Module, data: DataBundle, cfg: TrainConfig, device: torch.de
     pad = max(1, data.input_size[0] // 14)
     teacher = cfg.teacher.to(device, memory_format=torch.channels_last).eval() if cfg.teacher is not None else None
     history = []
+    done = 0
     for epoch in range(cfg.epochs):
+        if done >= total:
+            break
         model.train()
         start, loss_sum, n = time.perf_counter(), 0.0, 0
         for x, y in batches(data.train, cfg.batch_size, shuffle=True, seed=cfg.seed * 1000 + epoch,
@@ -102,6 +108,9 @@ def train(model: nn.Module, data: DataBundle, cfg: TrainConfig, device: torch.de
                 sched.step()
             loss_sum += loss.item() * len(y)
             n += len(y)
+            done += 1
+            if done >= total:
+                break
         row = {"epoch": epoch + 1, "loss": loss_sum / max(n, 1),
                "heldout_accuracy": None if data.heldout is None else accuracy(model, data.heldout, device)["top1"],
                "seconds": time.perf_counter() - start}

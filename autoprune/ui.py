@@ -35,8 +35,10 @@ def run_search_with_progress(cfg: SearchConfig, console: Console) -> dict:
 
     def on_result(result, problem) -> None:
         best = problem.best
+        rung = "" if best.rung is None else f" (rung {best.rung})"  # the ladder: the top rung is fine-tuned
         progress.update(task, completed=problem.n_evals,
-                        best=f"best held-out {best.accuracy:.4f} @ {best.costs['macs'] / problem.base_costs['macs']:.1%} MACs")
+                        best=f"best held-out{rung} {best.accuracy:.4f} @ "
+                             f"{best.costs['macs'] / problem.base_costs['macs']:.1%} MACs")
 
     with progress:
         summary = execute_search(out, setup, on_result=on_result,
@@ -59,6 +61,9 @@ def summary_table(s: dict) -> Table:
     t.add_row("params", human(s["base_params"]), human(s["params"]), f"{s['params'] / s['base_params']:.1%}")
     t.add_row("held-out top-1", f"{s['base_heldout_accuracy']:.4f}", f"{s['heldout_accuracy']:.4f}",
               f"{s['heldout_accuracy'] - s['base_heldout_accuracy']:+.4f}")
+    if "ladder_heldout_accuracy" in s:
+        t.add_row(f"held-out top-1, after the ladder's {s['ladder']['steps']} steps", "",
+                  f"{s['ladder_heldout_accuracy']:.4f}", f"{s['ladder_heldout_accuracy'] - s['base_heldout_accuracy']:+.4f}")
     if s.get("test_accuracy") is not None:  # a Python API run may have no test split
         t.add_row("test top-1", f"{s['base_test_accuracy']:.4f}", f"{s['test_accuracy']:.4f}",
                   f"{s['test_accuracy'] - s['base_test_accuracy']:+.4f}")

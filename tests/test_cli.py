@@ -175,13 +175,14 @@ def test_apply_rebuilds_the_pruned_model(run, env):
     rebuilt = torch.load(out, weights_only=False)
     macs, params = tp.utils.count_ops_and_params(rebuilt, torch.randn(1, 1, 28, 28))
     assert macs == policy["macs"] and params == policy["params"]
-    # same base weights, criterion and calibration batches: the very model the search wrote
+    # same base weights, criterion and calibration batches: the very model the search wrote (refitted by least
+    # squares by default, which the rebuild repeats up to float rounding: ~1e-7 here)
     searched = torch.load(run / "pruned.pt", weights_only=False)
     a, b = rebuilt.state_dict(), searched.state_dict()
-    assert a.keys() == b.keys()
+    assert a.keys() == b.keys() and policy["reconstruction"]
     for k in a:
         if k.endswith("weight") and a[k].dim() == 4:
-            assert torch.equal(a[k], b[k]), k
+            assert torch.allclose(a[k], b[k], atol=1e-5, rtol=0), k
     x = torch.randn(4, 1, 28, 28)
     with torch.no_grad():
         assert torch.allclose(rebuilt.eval()(x), searched.eval()(x), atol=1e-4)

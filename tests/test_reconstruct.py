@@ -40,6 +40,29 @@ def test_reconstruction_brings_outputs_back_and_raises_accuracy(shipped_problem)
     assert after > before + 0.05, (before, after)  # 50%-FLOPs uniform ResNet-20: ~0.72 -> ~0.91 on full data
 
 
+def test_a_runs_refits_reuse_the_unpruned_targets_with_the_same_result(shipped_problem):
+    """The Reconstructor computes the unpruned model's sampled outputs once: every later refit is the one a
+    fresh `reconstruct` call gives, bit for bit; the quick refit (the ladder's rung 0) is its own."""
+    from autoprune.reconstruct import Reconstructor
+
+    problem = shipped_problem
+    rec = Reconstructor(problem.model, problem.space.graph, problem.removal_orders(), problem.evaluator.calib,
+                        problem.evaluator.device)
+    rng = np.random.default_rng(4)
+    for _ in range(2):
+        ratios = problem.project(rng.uniform(0, problem.space.max_ratios), rng)
+        kept = problem.space.kept(ratios)
+        fresh = problem.prune(ratios)
+        reconstruct(fresh, problem.model, kept_outputs(problem.space.graph, kept, problem.removal_orders()),
+                    torch.cat(problem.evaluator.calib[:4]))
+        cached = rec(problem.prune(ratios), kept)
+        for (name, a), (_, b) in zip(fresh.state_dict().items(), cached.state_dict().items()):
+            assert torch.equal(a, b), name
+        quick = rec(problem.prune(ratios), kept, quick=True)
+        assert not torch.equal(quick.state_dict()["conv1.weight"], cached.state_dict()["conv1.weight"])
+    assert set(rec._samples) == {False, True}
+
+
 def test_problem_refits_every_candidate_once_enabled(shipped_problem):
     problem = shipped_problem
     ratios = problem.project(np.full(problem.space.size, 0.5), np.random.default_rng(1))
