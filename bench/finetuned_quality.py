@@ -350,6 +350,7 @@ def external_rows(out_dir: Path) -> tuple[list[dict], list[str]]:
         for r in data.get("rows", []):
             macs = r.get("macs_pct")
             rows.append({**r, "row": r.get("row", "modelopt-fastnas"), "kind": "external", "source": f,
+                         "evaluations": r.get("evaluations", r.get("candidates")),
                          "macs_pct": None if macs is None else macs * 100 if macs <= 1.5 else macs,
                          "heldout": _frac(r.get("heldout")), "test": _frac(r.get("test")),
                          "finetuned_test": _frac(r.get("finetuned_test"))})
@@ -484,7 +485,8 @@ def markdown(result: dict) -> str:
              "(`search_quality.tp_reference`), adaptive BN through the same evaluator, fine-tuned with the same "
              f"`autoprune.train.train` call. Fine-tune, every row: {s['epochs']} epoch, SGD Nesterov, cosine from lr "
              f"{s['lr']}, batch {s['batch_size']}, weight decay 5e-4, the training split (held-out excluded), seed = the "
-             "row's seed. modelopt-fastnas: read from " + (", ".join(f"`{Path(f).name}`" for f in result["external_files"])
+             "row's seed. modelopt-fastnas: its held-out and test figures as that bench gives them (its own "
+             "definitions; evals = its candidates), read from " + (", ".join(f"`{Path(f).name}`" for f in result["external_files"])
                                                            or "no modelopt_fastnas-*.json (none present)") + ".",
              "", f"{m['cpu']}, {m['torch_threads']} torch thread, torch {m['torch']}, torch-pruning {m['torch_pruning']}; "
              f"code at commit {', '.join(c[:7] for c in result['commits']) or '?'}"
