@@ -83,8 +83,7 @@ def verify_latency(problem: Problem, base_model: nn.Module, *, top: int = 10, **
     chosen = next((r for r in candidates[:top] if check(r, 1)["meets_budget"]), None)
     if chosen is None:  # the table's furthest under budget, of those not yet timed
         rest = sorted(candidates[top:], key=lambda r: (r.costs["latency_ms"], -r.reward))[:top]
-        passing = [r for r in rest if check(r, 2)["meets_budget"]]
-        chosen = max(passing, key=lambda r: (r.reward, -r.index), default=None)
+        chosen = _most_rewarding([r for r in rest if check(r, 2)["meets_budget"]])
     rounds: list[dict] = []
     while chosen is None and len(rounds) < REPROJECT_ROUNDS:
         last = [c for c in checked if c["pool"] == (rounds[-1]["pool"] if rounds else 1)]
@@ -95,14 +94,18 @@ def verify_latency(problem: Problem, base_model: nn.Module, *, top: int = 10, **
         rounds.append({"pool": pool, "latency_targets_ms": [b.target for b in tightened if b.metric == "latency_ms"],
                        "measured_over_predicted": [_ratio(last, b) for b in budgets]})
         projected = _reproject(problem, candidates[:REPROJECT_TOP], tightened)
-        passing = [r for r in projected if check(r, pool)["meets_budget"]]
-        chosen = max(passing, key=lambda r: (r.reward, -r.index), default=None)
+        chosen = _most_rewarding([r for r in projected if check(r, pool)["meets_budget"]])
     verified = chosen is not None
     chosen = chosen if verified else candidates[0]
     report = {"verified": verified, "checked": checked, "budgets": [b.text for b in budgets], "reprojections": rounds,
               "search_best_evaluation": candidates[0].index,
               "chosen": next(c for c in checked if c["evaluation"] == chosen.index)}
     return chosen, report
+
+
+def _most_rewarding(results: list[EvalResult]) -> EvalResult | None:
+    """The best of `results` in `Problem.ranked`'s order (reward, then the earlier evaluation); None if empty."""
+    return min(results, key=lambda r: (-r.reward, r.index), default=None)
 
 
 def _ratio(entries: list[dict], budget) -> float:
