@@ -31,7 +31,7 @@ import yaml
 
 from autoprune.errors import UserError
 # The result tables (sweep_results.json/.md) live with the report, which draws them too.
-from autoprune.report_sweep import RESULTS_JSON, RESULTS_MD, collect, write_results  # noqa: F401
+from autoprune.report.sweep import RESULTS_JSON, RESULTS_MD, collect, write_results  # noqa: F401
 
 log = logging.getLogger(__name__)
 

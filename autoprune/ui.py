@@ -10,7 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from autoprune.budget import human
-from autoprune.report import speedup  # one wording for the console and the report
+from autoprune.report.html import speedup  # one wording for the console and the report
 from autoprune.search_job import SearchConfig, execute_search, prepare_search
 
 

@@ -19,8 +19,8 @@ import pytest
 import torch
 
 from autoprune.report import REPORT, load_candidates, write_report
-from autoprune.report_sweep import collect, write_results
-from autoprune.report_plots import best_so_far, pareto_front
+from autoprune.report.sweep import collect, write_results
+from autoprune.report.plots import best_so_far, pareto_front
 from autoprune.study import Study, StudyInfo
 from autoprune.zoo import build_model
 from conftest import cli_main, needs_fashion

@@ -12,7 +12,9 @@ ones here (kept channels per group beside uniform pruning, the budget line, the 
 cost, partial-fidelity candidates) it does not draw.
 
 Every function takes plain data (lists and dicts read from policy.json and the study) and
-returns one `<svg>` element as text; `autoprune.report` lays them out.
+returns one `<svg>` element as text; the pages (`run.py`, `sweep.py`) lay them out.
+
+Layer: the bottom of autoprune.report beside `html.py`; it imports nothing of autoprune.
 """
 from __future__ import annotations
 

@@ -2,6 +2,9 @@
 
 `autoprune.tune` runs the sweep and calls `collect` and `write_results` at its end; the tables
 live here, beside the page that shows them, so the sweep module holds only the running.
+
+Layer: a page of autoprune.report beside `run.py`; it imports `html.py`, `plots.py` and
+`candidates.py` (each run's evaluations), never the package or the run page.
 """
 from __future__ import annotations
 
@@ -10,18 +13,17 @@ import math
 import statistics
 from pathlib import Path
 
+import autoprune.report.plots as plots
 from autoprune.errors import UserError
-from autoprune.report import (REPORT, RESULTS_JSON, RESULTS_MD, Raw, esc, figure, load_candidates, note, page,
-                              pct, read_policy, seconds, table)
+from autoprune.report.candidates import load_candidates, read_policy
+from autoprune.report.html import REPORT, Raw, esc, figure, note, page, pct, seconds, table
+
+RESULTS_JSON, RESULTS_MD = "sweep_results.json", "sweep_results.md"
 
 __all__ = ["RESULTS_JSON", "RESULTS_MD", "aggregate", "collect", "markdown", "sweep_page", "write_results"]
 
 
-
-
 def sweep_page(sweep: Path) -> str:
-    from autoprune import report_plots as plots
-
     try:
         results = json.loads((sweep / RESULTS_JSON).read_text())
     except (OSError, json.JSONDecodeError) as exc:
@@ -79,7 +81,6 @@ def _trials_table(results: dict, sweep: Path) -> str:
                      _fmt(r["search_seconds"]), Raw(link)))
     return table(("model", "budget", "agent", "seed", "status", "held-out %", "test %", "MACs %", "evaluations",
                    "time s", ""), rows, cls="trials")
-
 
 
 # ---------------------------------------------------------------------------------------------
