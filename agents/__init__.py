@@ -1,21 +1,26 @@
 """Searchers, registered by name. Heavy optional imports happen in `build`, not at import time.
 
-A searcher proposes ratio vectors and asks `problem.evaluate` about them, at most `n_evals`
-times; the problem keeps the results, the best and the study. Same seed, same proposals: that
-is what makes `--resume` (replay from the seed, evaluations from the study) work for every one.
+A searcher subclasses `Searcher` (agents/base.py: the hooks the search job calls, each documented)
+and proposes ratio vectors to `problem.evaluate`; the problem keeps the results, the best and the
+study. Same seed, same proposals: that is what makes `--resume` (replay from the seed, evaluations
+from the study) work for every one.
+
+Besides the names below, `--agent` takes a searcher of the user's own as `package.module:Class` or
+`path/to/file.py:Class` (docs/searchers.md, "Adding a searcher"): nothing outside that file changes.
 """
 from __future__ import annotations
 
 import importlib
-from typing import Protocol
+import importlib.util
+import inspect
+import sys
+from pathlib import Path
 
+from autoprune.agents.base import Searcher
 from autoprune.errors import UserError
 
-
-class Searcher(Protocol):
-    name: str
-
-    def search(self, problem, n_evals: int, *, seed: int) -> None: ...
+__all__ = ["DEFAULT_AGENT", "REGISTRY", "Searcher", "accepts", "build", "label", "default_evals", "names", "parse_options",
+           "resolve", "searcher_class"]
 
 
 # name -> (module, class, one-line description)
@@ -62,20 +67,75 @@ def names() -> list[str]:
     return list(REGISTRY)
 
 
-def accepts(name: str, option: str) -> bool:
-    """Whether the searcher registered as `name` takes the constructor option `option` (e.g. "reward")."""
-    import inspect
+def resolve(name: str) -> str:
+    """`name` as the run records it: a registered name as is; a user's `file.py:Class` with an absolute
+    path (Ray workers and `--resume` load the same file from anywhere); refused in one line when it
+    names no searcher."""
+    searcher_class(name)
+    path, sep, cls = name.rpartition(":")
+    if name in REGISTRY or not path.endswith(".py"):
+        return name
+    return f"{Path(path).resolve()}{sep}{cls}"
 
-    module, cls, _ = REGISTRY[name]
-    return option in inspect.signature(getattr(importlib.import_module(module), cls)).parameters
+
+def label(name: str) -> str:
+    """A short name for folders and logs: the registered name, or the user's class name."""
+    return name if name in REGISTRY else searcher_class(name).name or name.rpartition(":")[2]
+
+
+def searcher_class(name: str) -> type[Searcher]:
+    """The class behind a registered name, `package.module:Class` or `path/to/file.py:Class`."""
+    if name in REGISTRY:
+        module, cls, _ = REGISTRY[name]
+        return getattr(importlib.import_module(module), cls)
+    where, sep, cls_name = name.rpartition(":")
+    if not sep or not where or not cls_name:
+        raise UserError(f"unknown agent '{name}': one of {', '.join(REGISTRY)}, or your own as "
+                        "package.module:Class or path/to/file.py:Class")
+    try:
+        module = _load_file(Path(where)) if where.endswith(".py") else importlib.import_module(where)
+        cls = getattr(module, cls_name)
+    except UserError:
+        raise
+    except Exception as exc:  # the user's module: its own error, in one line
+        raise UserError(f"--agent {name}: could not load it: {type(exc).__name__}: {exc}") from None
+    if not (isinstance(cls, type) and issubclass(cls, Searcher)):
+        raise UserError(f"--agent {name}: {cls_name} is not a subclass of autoprune.agents.Searcher")
+    return cls
+
+
+def _load_file(path: Path):
+    """Import a searcher's .py file once per process (as multiprocessing's spawn does with a script)."""
+    path = path.resolve()
+    if not path.is_file():
+        raise UserError(f"--agent: no such file {path}")
+    module_name = f"autoprune_user_{abs(hash(str(path))):x}_{path.stem}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[module_name]
+        raise
+    return module
+
+
+def default_evals(name: str) -> int:
+    """`--evals` when none is given: the searcher's `default_evals` (with the name's presets)."""
+    return build(name).default_evals
+
+
+def accepts(name: str, option: str) -> bool:
+    """Whether the searcher `name` takes the constructor option `option` (e.g. "reward")."""
+    return option in inspect.signature(searcher_class(name)).parameters
 
 
 def parse_options(name: str, pairs: list[str]) -> dict:
     """`--agent-option KEY=VALUE` strings -> constructor options, each typed like the option's default."""
-    import inspect
-
-    module, cls, _ = REGISTRY[name]
-    signature = inspect.signature(getattr(importlib.import_module(module), cls)).parameters
+    signature = inspect.signature(searcher_class(name)).parameters
     params = {k: p for k, p in signature.items() if p.kind is p.KEYWORD_ONLY or p.kind is p.POSITIONAL_OR_KEYWORD}
     passthrough = any(p.kind is p.VAR_KEYWORD for p in signature.values())  # sb3:*: the algorithm's own options
     out = {}
@@ -118,7 +178,13 @@ def _number(text: str):
 
 
 def build(name: str, **kwargs) -> Searcher:
-    if name not in REGISTRY:
-        raise UserError(f"unknown agent '{name}': one of {', '.join(REGISTRY)}")
-    module, cls, _ = REGISTRY[name]
-    return getattr(importlib.import_module(module), cls)(**{**PRESETS.get(name, {}), **kwargs})
+    """An instance of the searcher `name` (see `searcher_class`) with the name's presets and `kwargs`."""
+    cls = searcher_class(name)
+    try:
+        return cls(**{**PRESETS.get(name, {}), **kwargs})
+    except UserError:
+        raise
+    except Exception as exc:
+        if name in REGISTRY:
+            raise
+        raise UserError(f"--agent {name}: {cls.__name__}(...) raised {type(exc).__name__}: {exc}") from None

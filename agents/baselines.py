@@ -9,37 +9,22 @@ import torch
 import torch_pruning as tp
 
 from autoprune import tp_extensions
+from autoprune.agents.base import Searcher
 
 log = logging.getLogger(__name__)
 
 
-class UniformSearch:
+class UniformSearch(Searcher):
     """The same prune ratio for every group, the largest that meets the budget (one evaluation)."""
 
     name = "uniform"
+    default_evals = 1
 
     def search(self, problem, n_evals: int, *, seed: int) -> None:
-        problem.evaluate(uniform_ratios(problem))
+        problem.evaluate(problem.uniform_ratios())
 
 
-def uniform_ratios(problem) -> np.ndarray:
-    """Bisect one ratio u (capped per group at its max) to the least pruning meeting the budget.
-
-    Public because the report sets every search's result beside this reference (autoprune.outcome):
-    it only asks the cost models, never the evaluator, so it costs no evaluation.
-    """
-    maxr = problem.space.max_ratios
-    lo, hi = 0.0, 1.0
-    for _ in range(40):
-        mid = (lo + hi) / 2
-        if problem.feasible(np.minimum(mid, maxr)):
-            hi = mid
-        else:
-            lo = mid
-    return problem.project(np.minimum(hi, maxr), None)
-
-
-class GlobalSearch:
+class GlobalSearch(Searcher):
     """Torch-Pruning's global ranking (MetaPruner, global_pruning=True) bisected to the budget.
 
     Torch-Pruning ranks all channels of all groups together by normalised group magnitude and
@@ -49,6 +34,7 @@ class GlobalSearch:
     """
 
     name = "global"
+    default_evals = 1
 
     def search(self, problem, n_evals: int, *, seed: int) -> None:
         p = 1 if problem.criterion == "l1" else 2  # Torch-Pruning's magnitude ranking with the run's norm
@@ -85,7 +71,7 @@ def _out_channels(m: torch.nn.Module) -> int:
     return int(m.out_channels if hasattr(m, "out_channels") else m.out_features)
 
 
-class RandomSearch:
+class RandomSearch(Searcher):
     """EagleEye (Li et al. 2020): random per-group ratios within the budget, best held-out wins.
 
     Each candidate draws ratios uniformly in [0, max] per group, then is projected onto the
@@ -93,6 +79,7 @@ class RandomSearch:
     """
 
     name = "random"
+    supports_batch = True
 
     def __init__(self, batch: int = 1) -> None:
         self.batch = max(1, int(batch))  # candidates proposed at once (parallel workers)

@@ -35,6 +35,7 @@ from stable_baselines3.common.noise import ActionNoise, NormalActionNoise
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from stable_baselines3.common.utils import update_learning_rate
 
+from autoprune.agents.base import Searcher
 from autoprune.envs.layerwise import DEFAULT_REWARD, LayerPruningEnv, RewardFn
 
 log = logging.getLogger(__name__)
@@ -151,10 +152,11 @@ def _episodes_and_env(problem, n_evals: int, reward, fill_slack: bool) -> tuple[
     return episodes, (LayerPruningEnv(problem, reward=reward, fill_slack=fill_slack) if episodes else None)
 
 
-class DDPGSearch:
+class DDPGSearch(Searcher):
     """AMC: DDPG over the layer-by-layer env, AMC's hyper-parameters as defaults."""
 
     name = "ddpg"
+    default_evals = 300  # episodes, as AMC
 
     def __init__(self, *, warmup_episodes: int = 100, hidden: tuple[int, ...] = (300, 300),
                  actor_lr: float = 1e-4, critic_lr: float = 1e-3, tau: float = 0.01, batch_size: int = 64,
@@ -190,7 +192,7 @@ class DDPGSearch:
 ALGOS = {"td3": TD3, "sac": SAC, "ppo": PPO}
 
 
-class SB3Search:
+class SB3Search(Searcher):
     """Any of SB3's TD3 / SAC / PPO on the same env (`--agent sb3:ppo`), SB3's defaults otherwise.
 
     Departures from SB3's defaults, each because of the env: gamma 1 (a fixed-length episode with
@@ -199,6 +201,8 @@ class SB3Search:
     episodes per update in mini-batches of 2 episodes (its 2048-step default would update a
     300-episode search only a few times). `algo_kwargs` override any of them.
     """
+
+    default_evals = 300
 
     def __init__(self, algo: str = "ppo", *, reward: str | RewardFn = DEFAULT_REWARD, fill_slack: bool = True,
                  device: str = "cpu", **algo_kwargs) -> None:

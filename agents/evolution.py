@@ -20,6 +20,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from autoprune.agents.base import Searcher
+
 POPULATION, PARENTS, MUTATION, GENERATIONS = 50, 10, 0.1, 20
 MIN_POPULATION = 10
 RETRIES = 20  # draws of a child before a repeat of an already scored policy is accepted as the end
@@ -84,15 +86,16 @@ def evolve(problem, score: Callable[[list[np.ndarray]], list[float | None]], lim
     return sorted(scored, key=lambda t: -t[0])
 
 
-class EvolutionSearch:
+class EvolutionSearch(Searcher):
     """Evolution alone: MetaPruning's search, every candidate scored through `problem.evaluate_many`."""
 
     name = "evolution"
+    default_evals = 1000
+    supports_batch = True  # workers score each generation in parallel; proposals do not depend on them
 
     def __init__(self, *, population: int | None = None, parents: int = PARENTS, mutation: float = MUTATION,
-                 generations: int = GENERATIONS, batch: int = 1) -> None:
+                 generations: int = GENERATIONS) -> None:
         self.population, self.parents, self.mutation, self.generations = population, parents, mutation, generations
-        self.batch = batch  # workers score each generation in parallel; proposals do not depend on them
 
     def search(self, problem, n_evals: int, *, seed: int) -> None:
         def score(batch: list[np.ndarray]) -> list[float | None]:

@@ -47,6 +47,7 @@ from torch_geometric.data import Data
 from torch_geometric.nn import GATv2Conv, global_max_pool, global_mean_pool
 from torch_geometric.utils import scatter
 
+from autoprune.agents.base import Searcher
 from autoprune.agents.ddpg import StopAtEvals
 from autoprune.agents.gnn_graph import EDGE_FEATURES, FEATURE_SET, FEATURES, to_data
 from autoprune.envs.layerwise import DEFAULT_REWARD, RewardFn, reward_function
@@ -252,28 +253,28 @@ def load_policy_file(path: str | Path) -> dict:
     return data
 
 
-class GNNSearch:
+class GNNSearch(Searcher):
     """GNN-RL: a GATv2 actor-critic trained by SB3's PPO proposes whole policies, `rollout` at a time."""
 
     name = "gnn"
+    default_evals = 300
+    supports_batch = True  # workers evaluate each rollout in parallel; the rollout size does not follow them
     checkpoint_file = POLICY_FILE  # the search puts it in the run folder (`checkpoint_path`)
 
     # rollout 8 and lr 2e-3: on the known-answer problem (tests/test_gnn.py, seeds 0-2, 160 evaluations) 0.93-0.95
     # of the optimum's 0.954, against 0.79-0.87 with 16 per update at 1e-3 (fewer updates learn less from the same evaluations)
     def __init__(self, *, rollout: int = 8, epochs: int = 10, lr: float = 2e-3, clip: float = 0.2,
                  hidden: int = 64, layers: int = 3, heads: int = 4, reward: str | RewardFn = DEFAULT_REWARD,
-                 init_from: str | Path | None = None, batch: int = 1, device: str = "cpu") -> None:
+                 init_from: str | Path | None = None, device: str = "cpu") -> None:
         if rollout < 2:
             raise UserError("the GNN's rollout must hold at least 2 policies (PPO normalises advantages over it)")
         self.rollout, self.epochs, self.lr, self.clip = rollout, epochs, lr, clip
         self.hparams = {"hidden": hidden, "layers": layers, "heads": heads}
         self.reward, self.reward_fn = reward, reward_function(reward)
-        self.batch = batch  # workers evaluate each rollout in parallel; the rollout size does not follow them
         self.device = device
         self.init = load_policy_file(init_from) if init_from is not None else None
         if self.init is not None:
             self.hparams = dict(self.init["hparams"])  # the architecture the weights belong to
-        self.checkpoint_path: Path | None = None  # set by the search to the run folder's POLICY_FILE
         self.model: PPO | None = None
         self.env: ProposalVecEnv | None = None
         self.updates = 0

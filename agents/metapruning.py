@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from autoprune.agents.base import Searcher
 from autoprune.agents.evolution import GENERATIONS, MIN_POPULATION, MUTATION, PARENTS, POPULATION, evolve
 from autoprune.agents.pruningnet import PruningNet, load_checkpoint, structure_key, train_pruningnet, unmasked
 from autoprune.errors import UserError
@@ -40,16 +41,18 @@ PROXY_PER_EVAL = 10  # PruningNet-scored candidates per evaluation (--evals) by 
 MIN_GENERATIONS = 4
 
 
-class MetaPruningSearch:
+class MetaPruningSearch(Searcher):
     """PruningNet + evolution; `n_evals` = the finalists re-scored with the pretrained weights."""
 
     name = "metapruning"
+    default_evals = 5  # finalists re-scored on the pretrained model
+    supports_batch = True  # workers score the finalists in parallel
     checkpoint_file = CHECKPOINT
 
     def __init__(self, *, pruningnet_epochs: int = 2, pruningnet_lr: float = 0.01, pruningnet_batch: int = 128,
                  hidden: int = 32, pruningnet: str | Path | None = None, population: int = POPULATION,
                  parents: int = PARENTS, mutation: float = MUTATION, generations: int = GENERATIONS,
-                 proxy_evals: int | None = None, batch: int = 1) -> None:
+                 proxy_evals: int | None = None) -> None:
         if pruningnet_epochs < 0 or pruningnet_batch < 2:
             raise UserError("--pruningnet-epochs must be >= 0 and the PruningNet batch >= 2")
         self.epochs, self.lr, self.batch_size, self.hidden = pruningnet_epochs, pruningnet_lr, pruningnet_batch, hidden
@@ -60,8 +63,6 @@ class MetaPruningSearch:
         if proxy_evals is not None and proxy_evals < 1:
             raise UserError("metapruning's proxy_evals must be at least 1")
         self.proxy_evals = proxy_evals
-        self.batch = batch  # workers score the finalists in parallel
-        self.checkpoint_path: Path | None = None
         self.pnet: PruningNet | None = None
         self.report: dict = {}
 
@@ -90,7 +91,7 @@ class MetaPruningSearch:
             trained = train_pruningnet(pnet, problem, epochs=epochs, lr=self.lr, batch_size=self.batch_size, seed=seed,
                                        checkpoint=self.checkpoint_path, start_epoch=start_epoch,
                                        optimizer_state=state.get("optimizer") if state else None,
-                                       on_progress=getattr(problem, "progress", None))
+                                       on_progress=problem.progress)
             self.report["training"] = {k: v for k, v in trained.items()}
         elif self.checkpoint_path is not None and self.reuse is None and epochs == 0:
             from autoprune.agents.pruningnet import save_checkpoint
@@ -107,7 +108,6 @@ class MetaPruningSearch:
         """
         evaluator = problem.evaluator
         quick = getattr(evaluator, "heldout", None) is not None and evaluator.sliceable()
-        progress = getattr(problem, "progress", None) or (lambda what, d, t: None)
         out = []
         for ratios in batch:
             stored = problem.proxy_score(ratios, "pruningnet")
@@ -117,7 +117,7 @@ class MetaPruningSearch:
                 problem.record_proxy(ratios, stored, "pruningnet")
             out.append(stored)
             done[0] += 1
-            progress(f"scoring {total} candidates with PruningNet weights", min(done[0], total), total)
+            problem.progress(f"scoring {total} candidates with PruningNet weights", min(done[0], total), total)
         return out
 
     def stage_size(self, n_evals: int) -> tuple[int, int, int]:
@@ -148,7 +148,8 @@ class MetaPruningSearch:
         problem.evaluate_many(finalists)
 
     def extras(self, out: Path, ratios: np.ndarray, problem, test) -> dict:
-        """The winner with PruningNet-generated weights: physically pruned, BN recalibrated, scored, saved."""
+        """policy.json's "pruningnet": the winner with PruningNet-generated weights, physically pruned,
+        BN recalibrated, scored and saved (its "file")."""
         from autoprune.evaluate import accuracy
         from autoprune.policy import apply_policy
 
@@ -158,5 +159,6 @@ class MetaPruningSearch:
         heldout = problem.evaluator(pruned)["top1"]
         path = out / "pruned_pruningnet.pt"
         torch.save(pruned.cpu(), path)
-        return {**self.report, "heldout_accuracy": heldout, "file": str(path),
-                "test_accuracy": None if test is None else accuracy(pruned, test, problem.evaluator.device)["top1"]}
+        return {"pruningnet": {
+            **self.report, "heldout_accuracy": heldout, "file": str(path),
+            "test_accuracy": None if test is None else accuracy(pruned, test, problem.evaluator.device)["top1"]}}

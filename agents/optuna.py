@@ -31,13 +31,15 @@ climbs to the ladder's own rule.
 from __future__ import annotations
 
 import logging
-import warnings
 
 import numpy as np
 import optuna
 
+from autoprune.agents.base import Searcher
+from autoprune.pareto import pareto_front
+from autoprune.study import optuna_quiet
+
 log = logging.getLogger(__name__)
-optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 SAMPLERS = ("tpe", "cmaes", "random", "qmc", "nsga2")
 MAX_POPULATION = 50  # Optuna's NSGA-II default
@@ -54,23 +56,11 @@ def make_sampler(kind: str, seed: int, n_evals: int, batch: int = 1) -> optuna.s
     if kind == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if kind == "qmc":
-        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning, module=__name__)
         return optuna.samplers.QMCSampler(qmc_type="sobol", scramble=True, seed=seed, warn_independent_sampling=False)
     if kind == "nsga2":
         population = int(min(MAX_POPULATION, max(4, n_evals // 4)))  # at least ~4 generations
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=population)
     raise ValueError(f"unknown Optuna sampler '{kind}': one of {', '.join(SAMPLERS)}")
-
-
-def pareto_front(points: list[tuple[float, float]]) -> list[int]:
-    """Indices of the non-dominated (accuracy max, cost min) points, by increasing cost; duplicates once."""
-    order = sorted(range(len(points)), key=lambda i: (points[i][1], -points[i][0]))
-    front, best_acc = [], -np.inf
-    for i in order:
-        if points[i][0] > best_acc:  # cheaper ones were all less accurate: i is not dominated
-            front.append(i)
-            best_acc = points[i][0]
-    return front
 
 
 def _judge(trial: optuna.Trial, eta: int):
@@ -88,18 +78,25 @@ def _reported(study: optuna.Study) -> set[int]:
             if t.intermediate_values}
 
 
-class OptunaSearch:
+class OptunaSearch(Searcher):
     """An Optuna sampler proposing one ratio per group; candidates projected onto the budget."""
+
+    supports_batch = True  # asks `batch` trials at once (TPE: constant liar)
 
     def __init__(self, sampler: str = "tpe", *, objective: str | None = None, batch: int = 1) -> None:
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown Optuna sampler '{sampler}': one of {', '.join(SAMPLERS)}")
         self.sampler, self.objective, self.batch = sampler, objective, max(1, int(batch))
         self.name = sampler if sampler != "random" else "optuna:random"
-        self.pareto_front: list[dict] = []
+        self.front: list[dict] = []  # nsga2: the non-dominated candidates
+        self.default_evals = 100 if sampler == "nsga2" else 60
         self.study: optuna.Study | None = None
 
     def search(self, problem, n_evals: int, *, seed: int) -> None:
+        with optuna_quiet():  # Optuna's per-trial lines and experimental warnings: ours only
+            self._search(problem, n_evals, seed)
+
+    def _search(self, problem, n_evals: int, seed: int) -> None:
         multi = self.sampler == "nsga2"
         cost_metric = self.objective or ("latency_ms" if "latency_ms" in problem.cost_models else "macs")
         sampler = make_sampler(self.sampler, seed, n_evals, self.batch)
@@ -136,7 +133,10 @@ class OptunaSearch:
                     continue
                 study.tell(trial, [result.reward, result.costs[cost_metric]] if multi else result.reward)
         if multi:
-            self.pareto_front = self._front(problem, cost_metric)
+            self.front = self._front(problem, cost_metric)
+
+    def pareto_front(self) -> list[dict]:
+        return self.front
 
     @staticmethod
     def _front(problem, metric: str) -> list[dict]:

@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -41,6 +42,7 @@ from autoprune.data import TensorSplit, batches
 from autoprune.errors import UserError
 from autoprune.saved import load_versioned, save_atomic
 from autoprune.graph import PruningGraph, chunk_positions
+from autoprune.hooks import forward_hooks, record_calls, register
 from autoprune.probe import call_model
 from autoprune.train import augment
 
@@ -50,6 +52,8 @@ FORMAT, VERSION = "autoprune.pruningnet", 1
 # the generators' last FC starts at zero: generated = pretrained weight at every encoding, exactly. Training
 # still moves it (its gradient is the weight's gradient times the hidden activations), and the first FC after it
 INIT_STD = 0.0
+# the mask hooks `materialize` registered on each network it made, so `unmasked` removes those and no other
+_MASK_HANDLES: weakref.WeakKeyDictionary[nn.Module, list] = weakref.WeakKeyDictionary()
 
 
 def structure_key(graph: PruningGraph) -> str:
@@ -61,16 +65,8 @@ def structure_key(graph: PruningGraph) -> str:
 
 def _mask_points(model: nn.Module, graph: PruningGraph) -> dict[str, int]:
     """Module name -> group whose mask its output gets: each out-layer of a group, or the BN right after it."""
-    names = {m: n for n, m in model.named_modules()}
-    calls: list[tuple[str, nn.Module, tuple]] = []
-    hooks = [m.register_forward_hook(lambda mod, i, o: calls.append((names[mod], mod, tuple(i[0].shape), tuple(o.shape))))
-             for m in model.modules() if not list(m.children())]
-    try:
-        with torch.no_grad():
-            call_model(model.eval(), graph.example())
-    finally:
-        for h in hooks:
-            h.remove()
+    model.eval()
+    calls, _ = record_calls(model, lambda: call_model(model, graph.example()))  # every leaf call, in order
     owner = {name: g.index for g in graph.groups for name in g.layers}
     points: dict[str, int] = {}
     for i, (name, _, _, out) in enumerate(calls):
@@ -112,20 +108,11 @@ class PruningNet(nn.Module):
             place[order] = torch.arange(size)
             self.ranks.append(place.repeat(g.divisor))
         self.points = _mask_points(self.base, graph)
-        self._masks: dict[int, torch.Tensor] = {}
-        for name, m in self.base.named_modules():
-            if name in self.points:
-                m.register_forward_hook(self._mask_hook(self.points[name]))
 
-    def _mask_hook(self, group: int):
-        def hook(module, inputs, output):
-            mask = self._masks.get(group)
-            if mask is None:
-                return output
-            shape = [1] * output.dim()
-            shape[1 if output.dim() > 2 else -1] = -1
-            return output * mask.to(output.dtype).view(shape)
-        return hook
+    def _mask_hooks(self, net: nn.Module, kept: np.ndarray) -> list[tuple[nn.Module, Callable]]:
+        """(module, hook) at every mask point of `net` (the base or a copy of it): its group's mask of `kept`."""
+        modules, masks = dict(net.named_modules()), self.masks(kept)
+        return [(modules[name], _fixed_mask(masks[group])) for name, group in self.points.items()]
 
     def masks(self, kept: np.ndarray) -> dict[int, torch.Tensor]:
         """Per group, 1 for the channels a physical pruning to `kept` keeps, else 0."""
@@ -142,11 +129,9 @@ class PruningNet(nn.Module):
                 for i, (name, gen, shape) in enumerate(zip(self.layer_names, self.generators, self.shapes))}
 
     def forward(self, x: torch.Tensor, kept: np.ndarray) -> torch.Tensor:
-        self._masks = self.masks(kept)
-        try:
+        # the masks hook the base for this pass only: the base never carries hooks of ours between passes
+        with forward_hooks(self._mask_hooks(self.base, kept)):
             return functional_call(self.base, self.weights(kept), (x,))
-        finally:
-            self._masks = {}
 
     @torch.no_grad()
     def materialize(self, kept: np.ndarray) -> nn.Module:
@@ -155,10 +140,7 @@ class PruningNet(nn.Module):
         modules = dict(net.named_modules())
         for key, w in self.weights(kept).items():
             modules[key.rsplit(".", 1)[0]].weight = nn.Parameter(w.detach().clone())
-        masks = self.masks(kept)
-        for name, group in self.points.items():
-            modules[name]._forward_hooks.clear()
-            modules[name].register_forward_hook(_fixed_mask(masks[group]))
+        _MASK_HANDLES[net] = register(self._mask_hooks(net, kept))
         return net
 
 
@@ -171,9 +153,12 @@ def _fixed_mask(mask: torch.Tensor):
 
 
 def unmasked(net: nn.Module) -> nn.Module:
-    """`net` without the mask hooks `materialize` put on it (before physical pruning: the mask is the pruning)."""
-    for m in net.modules():
-        m._forward_hooks.clear()
+    """`net` without the mask hooks `materialize` put on it (before physical pruning: the mask is the pruning).
+
+    Only those are removed, by their handles: hooks the user registered on the model (copied with it)
+    stay and run as before."""
+    for handle in _MASK_HANDLES.pop(net, []):
+        handle.remove()
     return net
 
 

@@ -176,8 +176,7 @@ def search(
     from autoprune.search_job import SearchConfig
     from autoprune.ui import run_search_with_progress
 
-    if agent not in registry.names():
-        raise UserError(f"unknown agent '{agent}': one of {', '.join(registry.names())}")
+    agent = registry.resolve(agent)  # a name, package.module:Class or file.py:Class; else one line
     options = registry.parse_options(agent, list(agent_option))
 
     cfg = SearchConfig(model=model, budgets=list(budget), data=data, weights=weights, agent=agent, evals=evals,

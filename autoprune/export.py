@@ -34,6 +34,7 @@ from autoprune.importance import DATA_CRITERIA
 from autoprune.importance import importance as _importance
 from autoprune.masks import NNI_MASKS_FILE, nni_masks
 from autoprune.policy import Policy
+from autoprune.run_summary import RunSummary
 
 log = logging.getLogger(__name__)
 
@@ -203,11 +204,11 @@ def apply_tp_ratio_dict(model: nn.Module, example_inputs: torch.Tensor,
         ratio_dict = _read_json(Path(ratio_dict), "pruning_ratio_dict")
     if isinstance(policy, (str, Path)):
         policy = Policy.load(Path(policy))
-    meta = policy.meta if policy is not None else {}
+    meta = RunSummary.read(policy.meta if policy is not None else {})
     if seed is None:
-        seed = int(meta.get("seed", 0))
+        seed = int(meta.seed)
     if importance is None:
-        importance = meta.get("criterion", "l2")
+        importance = meta.criterion
     if isinstance(importance, str) and importance in DATA_CRITERIA:
         raise UserError(f"criterion '{importance}' ranked channels with the run's training batches: a ratio dict "
                         "cannot reproduce them; rebuild from nni_masks.pt or load pruned.pt (or pass a Torch-Pruning "

@@ -29,6 +29,7 @@ from autoprune.errors import UserError
 from autoprune.graph import PruningGraph
 from autoprune.importance import DATA_CRITERIA
 from autoprune.policy import Policy, removal_plan
+from autoprune.run_summary import RunSummary
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ _MASKED_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.BatchNorm1d, nn.
 
 def policy_kept(graph: PruningGraph, policy: Policy) -> list[int]:
     """Kept channels per group: policy.json's ``kept_channels`` when written, else round((1 - r) * n)."""
-    recorded = policy.meta.get("kept_channels")
+    recorded = RunSummary.read(policy.meta).kept_channels
     if recorded:
         missing = [g.name for g in graph.groups if g.name not in recorded]
         if missing:
@@ -50,7 +51,7 @@ def policy_kept(graph: PruningGraph, policy: Policy) -> list[int]:
 
 def policy_orders(graph: PruningGraph, policy: Policy) -> list[torch.Tensor] | None:
     """The run's removal orders (policy.json's ``channel_orders``, written for data-aware criteria), or None."""
-    orders = policy.meta.get("channel_orders")
+    orders = RunSummary.read(policy.meta).channel_orders
     if orders is None:
         return None
     missing = [g.name for g in graph.groups if g.name not in orders]
@@ -69,8 +70,8 @@ def removed_channels(base: nn.Module, graph: PruningGraph, policy: Policy, *,
     whose output channels shrink: the root, the coupled layers of a residual stream, their batch
     norms, depthwise convolutions fed by the group.
     """
-    criterion = policy.meta.get("criterion", "l2")
-    seed = int(policy.meta.get("seed", 0))
+    criterion = RunSummary.read(policy.meta).criterion
+    seed = int(RunSummary.read(policy.meta).seed)
     if orders is None:
         orders = policy_orders(graph, policy)
     if orders is None and criterion in DATA_CRITERIA:
@@ -97,7 +98,7 @@ def nni_masks(base: nn.Module, graph: PruningGraph, policy: Policy, *,
     `base` is the unpruned model the policy was searched on (the masks are built from its weights'
     ranking, and keyed by its module names). See the module docstring for the format.
     """
-    if policy.meta.get("reconstruction"):
+    if RunSummary.read(policy.meta).reconstruction:
         log.warning("the policy's run refitted its pruned weights by least squares: the masks give its channels, "
                     "but only pruned.pt holds the refitted weights")
     modules = dict(base.named_modules())

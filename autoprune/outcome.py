@@ -7,10 +7,11 @@ that pick refitted too.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 
-from autoprune.problem import EvalResult, Problem
+from autoprune.problem import EvalResult, Problem, better_first
 from autoprune.verify import latency_budgets, verify_latency
 
 log = logging.getLogger(__name__)
@@ -21,8 +22,6 @@ def final_pick(problem: Problem, setup, best: EvalResult, stage: Callable[[str],
     cfg = setup.config
     reranked, notes = None, {}
     if cfg.reconstruct and cfg.reconstruct_top and problem.ladder is None:  # the ladder refitted from rung 1
-        from autoprune.reconstruct import rerank
-
         stage(f"refitting the {cfg.reconstruct_top} best candidates by least squares")
         best, reranked = rerank(problem, cfg.reconstruct_top)
     if cfg.verify_latency > 0 and latency_budgets(problem):
@@ -30,8 +29,6 @@ def final_pick(problem: Problem, setup, best: EvalResult, stage: Callable[[str],
         best, notes["latency_verification"] = verify_latency(problem, setup.bundle.model, top=cfg.verify_latency,
                                                              batch=cfg.batch, device=setup.device, threads=cfg.threads)
         if reranked is not None:  # its pick is scored as the others now are: refitted
-            from autoprune.reconstruct import rescore
-
             best = rescore(problem, best)
     mode = ("ladder rungs 1-2" if problem.ladder is not None else
             f"top-{cfg.reconstruct_top}" if cfg.reconstruct_top else "every candidate")
@@ -67,13 +64,31 @@ def uniform_reference(problem: Problem) -> dict:
 
     A reference drawing must not fail a finished search: a failure is logged and the entry left out.
     """
-    from autoprune.agents.baselines import uniform_ratios
-
     try:
-        ratios = uniform_ratios(problem)
+        ratios = problem.uniform_ratios()
         costs = problem.costs(problem.space.snap(ratios))
         return {"uniform_kept_channels": {n: int(k) for n, k in zip(problem.space.names, problem.space.kept(ratios))},
                 "uniform_macs": float(costs["macs"])}
     except Exception:  # noqa: BLE001 - see the docstring
         log.warning("could not compute the uniform-pruning reference for the report", exc_info=True)
         return {}
+
+
+def rerank(problem, top: int):
+    """Re-score the `top` best distinct candidates with reconstruction on; (best of them, one row each).
+
+    From here on the problem refits every model it prunes (`Problem.pruned_model` included).
+    """
+    candidates = problem.ranked()[:top]
+    problem.use_reconstruction()
+    scored = [rescore(problem, r) for r in candidates]
+    rows = [{"evaluation": r.index, "heldout": r.accuracy, "reconstructed_heldout": s.accuracy}
+            for r, s in zip(candidates, scored)]
+    return min(scored, key=better_first), rows
+
+
+def rescore(problem, result):
+    """`result` scored again as the problem scores now (reconstruction on): accuracy and reward replaced."""
+    acc, _ = problem.score(result.ratios)
+    return dataclasses.replace(result, accuracy=acc["top1"], top5=acc.get("top5"),
+                               reward=float(problem.reward_fn(acc["top1"], result.costs)))

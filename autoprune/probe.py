@@ -29,6 +29,8 @@ from torch import nn
 from torch_pruning.utils import op_counter
 from torch_pruning.utils.op_counter import MODULES_MAPPING
 
+from autoprune.hooks import record_calls
+
 
 @dataclass
 class FrozenGroup:
@@ -142,21 +144,7 @@ def record(model: nn.Module, example) -> tuple[list[tuple], list[int], list]:
     `dims` is every call's input and output dims, then every parameter's: the positions the cost
     terms and the probe share. Exceptions of the forward pass propagate.
     """
-    calls: list[tuple] = []
-    names = {m: n for n, m in model.named_modules()}
-
-    def hook(module: nn.Module, inputs: tuple, output) -> None:
-        if not isinstance(output, torch.Tensor) or not inputs or not isinstance(inputs[0], torch.Tensor):
-            return
-        calls.append((names[module], module, tuple(inputs[0].shape), tuple(output.shape)))
-
-    handles = [m.register_forward_hook(hook) for m in counted_modules(model)]
-    try:
-        with torch.no_grad():
-            out = call_model(model, example)
-    finally:
-        for h in handles:
-            h.remove()
+    calls, out = record_calls(model, lambda: call_model(model, example), counted_modules(model))
     dims = [d for _, _, i, o in calls for d in (*i, *o)]
     dims += [d for _, p in model.named_parameters() for d in p.shape]
     return calls, dims, output_shapes(out)

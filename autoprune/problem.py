@@ -7,10 +7,11 @@ BN, scores it on the held-out split, and records the result in the study.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -42,6 +43,11 @@ class EvalResult:
     rung_accuracy: list[float] | None = None  # its held-out score at each rung it reached
 
 
+def better_first(result: EvalResult) -> tuple[float, int]:
+    """The one result order: higher reward first, ties to the earlier evaluation (sort or min by it)."""
+    return -result.reward, result.index
+
+
 REWARDS: dict[str, Callable[[float, dict[str, float]], float]] = {
     "accuracy": lambda acc, costs: acc,
     # AMC's -Error*log(FLOPs): prefers accurate *and* cheap policies when the budget is loose
@@ -50,12 +56,30 @@ REWARDS: dict[str, Callable[[float, dict[str, float]], float]] = {
 }
 
 
+def reward_function(reward: str | Callable[[float, dict[str, float]], float]) -> Callable:
+    """A reward by registry name (`REWARDS`) or the user's fn(accuracy, costs)."""
+    if callable(reward):
+        return reward
+    if reward not in REWARDS:
+        raise UserError(f"unknown reward '{reward}': one of {', '.join(REWARDS)} or a function(accuracy, costs)")
+    return REWARDS[reward]
+
+
 class Problem:
+    """Built whole by its constructor; what a searcher may use is `SearchProblem` (autoprune.search_problem).
+
+    `train` is the training split for data-aware criteria and searchers that train something of their
+    own (metapruning); `fidelity` "auto" stops hopeless candidates early (Evaluator.staged), a `ladder`
+    (autoprune.ladder) makes candidates climb rungs by successive halving; `reconstruct` refits every
+    pruned model by least squares before it is scored (autoprune.reconstruct).
+    """
+
     def __init__(self, model: nn.Module, space, budgets: list[Budget], evaluator: Evaluator, *,
                  study: Study | None = None, criterion: str = "l2", reward: str | Callable = "accuracy",
-                 cost_models: dict[str, CostModel] | None = None, seed: int = 0) -> None:
+                 cost_models: dict[str, CostModel] | None = None, seed: int = 0, train=None,
+                 fidelity: str = "full", ladder=None, reconstruct: bool = False) -> None:
         self.model, self.space, self.evaluator, self.study = model, space, evaluator, study
-        self.criterion, self.seed = criterion, seed
+        self.criterion, self.seed, self.train = criterion, seed, train
         self.cost_models = cost_models or analytic_cost_models(space)
         self.reward_fn = REWARDS[reward] if isinstance(reward, str) else reward
         zeros = np.zeros(space.size)
@@ -68,15 +92,38 @@ class Problem:
         self._stored: dict[str, dict] = {}
         self._proxy: dict[tuple[str, str], float] = {}
         self._orders: list | None = None
-        self.reconstructor = None  # set by use_reconstruction(): every pruned model refitted before scoring
-        self.fidelity = "full"  # "auto": Evaluator.staged stops candidates that cannot reach the best so far
-        self.ladder = None  # an autoprune.ladder.Ladder (fidelity "ladder"): candidates climb rungs by halving
+        self.reconstructor = None  # use_reconstruction(): every pruned model refitted before scoring
+        self.fidelity = fidelity  # "auto": Evaluator.staged stops candidates that cannot reach the best so far
+        self.ladder = ladder  # an autoprune.ladder.Ladder (fidelity "ladder"): candidates climb rungs by halving
         if study is not None:
             self.attach_study(study)
         self.timing = {"prune": 0.0, "reconstruct": 0.0, "forward": 0.0, "finetune": 0.0, "other": 0.0}
-        self.pool = None  # a WorkerPool (autoprune.workers) scores new policies in parallel when set
-        self.train = None  # the training split, for searchers that train something of their own (metapruning)
-        self.progress: Callable[[str, int, int], None] | None = None  # (what, done, total) of such a searcher
+        self.pool = None  # a WorkerPool (autoprune.workers) scores new policies in parallel: `scoring_on`
+        self._progress: list[Callable[[str, int, int], None]] = []
+        if reconstruct:
+            self.use_reconstruction()
+
+    def on_result(self, callback: Callable[[EvalResult], None]) -> None:
+        """Call `callback(result)` after every evaluation, cached ones included."""
+        self.callbacks.append(callback)
+
+    def on_progress(self, callback: Callable[[str, int, int], None]) -> None:
+        """Call `callback(what, done, total)` when a searcher reports a stage of its own (`progress`)."""
+        self._progress.append(callback)
+
+    def progress(self, what: str, done: int, total: int) -> None:
+        """A searcher's own stage (metapruning: training the PruningNet, scoring proxies) for the progress line."""
+        for callback in self._progress:
+            callback(what, done, total)
+
+    @contextlib.contextmanager
+    def scoring_on(self, pool) -> Iterator[None]:
+        """New policies are scored on `pool` (a WorkerPool) inside the block, in this process after it."""
+        self.pool = pool
+        try:
+            yield
+        finally:
+            self.pool = None
 
     def attach_study(self, study: Study) -> None:
         """Record into `study` from now on; its stored evaluations answer repeated policies.
@@ -133,11 +180,25 @@ class Problem:
             top = max(r.rung or 0 for r in eligible)
             eligible = [r for r in eligible if (r.rung or 0) == top]
         seen, out = set(), []
-        for r in sorted(eligible, key=lambda r: (-r.reward, r.index)):
+        for r in sorted(eligible, key=better_first):
             if r.key not in seen:
                 seen.add(r.key)
                 out.append(r)
         return out
+
+    def uniform_ratios(self) -> np.ndarray:
+        """One ratio u for every group (capped at each group's max), bisected to the least pruning that meets
+        every budget. It asks only the cost models, never the evaluator: the `uniform` searcher returns it,
+        and the report draws it beside every search's pick (autoprune.outcome)."""
+        maxr = self.space.max_ratios
+        lo, hi = 0.0, 1.0
+        for _ in range(40):
+            mid = (lo + hi) / 2
+            if self.feasible(np.minimum(mid, maxr)):
+                hi = mid
+            else:
+                lo = mid
+        return self.project(np.minimum(hi, maxr), None)
 
     def policy(self, ratios: np.ndarray) -> Policy:
         return Policy(dict(zip(self.space.names, (round(float(r), 6) for r in self.space.snap(ratios)))))

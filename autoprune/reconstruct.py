@@ -15,7 +15,6 @@ depthwise convolutions keep their weights (a per-group solve would fit 9 numbers
 from __future__ import annotations
 
 import copy
-import dataclasses
 
 import torch
 import torch.nn.functional as F
@@ -175,22 +174,3 @@ class Reconstructor:
                     samples=self._samples[quick])
         return pruned
 
-
-def rerank(problem, top: int):
-    """Re-score the `top` best distinct candidates with reconstruction on; (best of them, one row each).
-
-    From here on the problem refits every model it prunes (`Problem.pruned_model` included).
-    """
-    candidates = problem.ranked()[:top]
-    problem.use_reconstruction()
-    scored = [rescore(problem, r) for r in candidates]
-    rows = [{"evaluation": r.index, "heldout": r.accuracy, "reconstructed_heldout": s.accuracy}
-            for r, s in zip(candidates, scored)]
-    return max(scored, key=lambda r: (r.reward, -r.index)), rows
-
-
-def rescore(problem, result):
-    """`result` scored again as the problem scores now (reconstruction on): accuracy and reward replaced."""
-    acc, _ = problem.score(result.ratios)
-    return dataclasses.replace(result, accuracy=acc["top1"], top5=acc.get("top5"),
-                               reward=float(problem.reward_fn(acc["top1"], result.costs)))

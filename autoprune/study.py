@@ -7,7 +7,10 @@ attributes; `records()` gives them back so a resumed run re-uses instead of re-e
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import optuna
@@ -15,7 +18,19 @@ from optuna.distributions import FloatDistribution
 
 from autoprune.errors import UserError
 
-optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+@contextlib.contextmanager
+def optuna_quiet() -> Iterator[None]:
+    """Optuna's per-trial INFO lines and experimental-API warnings off for our own calls only: the user's
+    verbosity and warning filters are as they were afterwards (their own studies keep logging)."""
+    level = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+            yield
+    finally:
+        optuna.logging.set_verbosity(level)
 log = logging.getLogger(__name__)
 
 
@@ -53,8 +68,9 @@ class Study:
             raise UserError(f"study '{name}' already exists in {where}: pass --resume to continue it")
         if name not in existing and resume:
             raise UserError(f"nothing to resume: no study '{name}' in {where}")
-        self.study = optuna.create_study(storage=storage, study_name=name, direction="maximize",
-                                         load_if_exists=resume)
+        with optuna_quiet():
+            self.study = optuna.create_study(storage=storage, study_name=name, direction="maximize",
+                                             load_if_exists=resume)
         self.names = info.groups
         self.distributions = {n: FloatDistribution(0.0, max(float(m), 1e-6)) for n, m in zip(info.groups, max_ratios)}
         if resume:
@@ -71,7 +87,8 @@ class Study:
         params = {n: min(float(r), self.distributions[n].high) for n, r in zip(self.names, ratios)}
         trial = optuna.trial.create_trial(params=params, distributions=self.distributions, value=accuracy,
                                           user_attrs=attrs)
-        self.study.add_trial(trial)
+        with optuna_quiet():
+            self.study.add_trial(trial)
 
     def records(self) -> list[dict]:
         """Stored evaluations in the order they were made: user attrs plus 'ratios'."""

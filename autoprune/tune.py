@@ -238,8 +238,10 @@ def _check_agents(names: list[str], source: str) -> None:
     from autoprune import agents
 
     for a in names:
-        if a not in agents.names():
-            raise UserError(f"{source}: unknown agent '{a}': one of {', '.join(agents.names())}")
+        try:
+            agents.searcher_class(a)
+        except UserError as exc:
+            raise UserError(f"{source}: {exc}") from None
 
 
 def _typed(value, hint, what: str):

@@ -32,7 +32,7 @@ from torch import nn
 
 from autoprune.budget import BudgetSet
 from autoprune.cost.measured import median_latencies_ms
-from autoprune.problem import EvalResult, Problem
+from autoprune.problem import EvalResult, Problem, better_first
 
 
 def latency_budgets(problem: Problem) -> list:
@@ -105,7 +105,7 @@ def verify_latency(problem: Problem, base_model: nn.Module, *, top: int = 10, **
 
 def _most_rewarding(results: list[EvalResult]) -> EvalResult | None:
     """The best of `results` in `Problem.ranked`'s order (reward, then the earlier evaluation); None if empty."""
-    return min(results, key=lambda r: (-r.reward, r.index), default=None)
+    return min(results, key=better_first, default=None)
 
 
 def _ratio(entries: list[dict], budget) -> float:

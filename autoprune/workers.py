@@ -32,7 +32,7 @@ def _score_worker_class():
         def __init__(self, cfg, threads: int, inputs=None) -> None:
             import torch
 
-            from autoprune.search_job import build_setup
+            from autoprune.job_setup import build_setup
 
             torch.set_num_threads(threads)
             self.problem = build_setup(cfg, inputs=inputs).problem

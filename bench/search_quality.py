@@ -119,7 +119,7 @@ def run_searcher(setup: Setup, n_evals: int, seed: int) -> dict:
     setup.searcher.search(problem, n_evals, seed=seed)
     best, reranked = problem.best, None
     if setup.config.reconstruct and setup.config.reconstruct_top and best is not None:
-        from autoprune.reconstruct import rerank
+        from autoprune.outcome import rerank
 
         best, reranked = rerank(problem, setup.config.reconstruct_top)  # part of the search's time
     seconds = time.perf_counter() - start

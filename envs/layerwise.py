@@ -31,8 +31,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from autoprune.errors import UserError
-from autoprune.problem import REWARDS
+from autoprune.problem import reward_function  # noqa: F401 - the searchers import it from here
 
 log = logging.getLogger(__name__)
 
@@ -44,15 +43,6 @@ DEFAULT_REWARD = "error-log-flops"
 GRID = 257  # candidate ratios per layer where the space has no channel levels (unstructured)
 
 RewardFn = Callable[[float, dict[str, float]], float]
-
-
-def reward_function(reward: str | RewardFn) -> RewardFn:
-    """A reward by registry name (`autoprune.problem.REWARDS`) or the user's fn(accuracy, costs)."""
-    if callable(reward):
-        return reward
-    if reward not in REWARDS:
-        raise UserError(f"unknown reward '{reward}': one of {', '.join(REWARDS)} or a function(accuracy, costs)")
-    return REWARDS[reward]
 
 
 def _rows(space) -> list[tuple]:

@@ -12,7 +12,7 @@ from gymnasium import spaces
 from autoprune import agents
 from autoprune.agents.ddpg import AMCDDPG, DDPGSearch, EpisodeRewardBuffer, SB3Search, TruncatedNormalNoise
 from autoprune.envs import LayerPruningEnv
-from autoprune.search_job import DEFAULT_EVALS
+from autoprune.agents import default_evals
 from autoprune.study import Study, StudyInfo
 from conftest import needs_fashion
 from surrogate import race
@@ -25,7 +25,7 @@ def test_registered_by_name():
         searcher = agents.build(f"sb3:{algo}")
         assert isinstance(searcher, SB3Search) and searcher.algo == algo and searcher.name == f"sb3:{algo}"
     assert agents.build("sb3:ppo", n_epochs=2).algo_kwargs == {"n_epochs": 2}
-    assert DEFAULT_EVALS["ddpg"] == 300
+    assert default_evals("ddpg") == 300
 
 
 def test_truncated_normal_noise_stays_inside_and_is_seeded():

@@ -12,7 +12,7 @@ from autoprune import agents
 from autoprune.agents.gnn import POLICY_FILE, GNNSearch, GraphActorCritic, load_policy_file
 from autoprune.agents.gnn_graph import FEATURES, to_data
 from autoprune.errors import UserError
-from autoprune.search_job import DEFAULT_EVALS
+from autoprune.agents import default_evals
 from autoprune.search_spaces import ChannelSpace
 from autoprune.study import Study, StudyInfo
 from conftest import cli_main, needs_fashion
@@ -40,7 +40,7 @@ def test_the_network_as_a_graph(graphs, name):
 
 
 def test_registered_with_defaults():
-    assert isinstance(agents.build("gnn"), GNNSearch) and DEFAULT_EVALS["gnn"] == 300
+    assert isinstance(agents.build("gnn"), GNNSearch) and default_evals("gnn") == 300
     assert agents.accepts("gnn", "init_from") and agents.accepts("gnn", "reward")
     assert not agents.accepts("tpe", "init_from")
 

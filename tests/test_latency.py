@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import time
 
 import numpy as np
@@ -27,6 +28,7 @@ from autoprune.cost.units import discover_units
 from autoprune.errors import UserError
 from autoprune.evaluate import fast_layout
 from autoprune.graph import build_graph
+from autoprune.hooks import record_calls
 from autoprune.problem import Problem
 from autoprune.search_spaces import ChannelSpace
 from surrogate import QuadraticAccuracy, RatioSpace
@@ -339,19 +341,9 @@ def test_memory_costs(tiny):
     assert weights.cost(zeros) == 4 * sum(p.numel() for p in model.parameters())
     assert weights.cost(half) == 4 * space.params(half)
 
-    shapes = {}
-
-    def record(name):
-        def hook(module, inputs, output) -> None:
-            shapes[name] = (inputs[0].numel(), output.numel())
-        return hook
-
-    hooks = [m.register_forward_hook(record(n))
-             for n, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
-    with torch.no_grad():
-        model(torch.randn(1, *SHAPE))
-    for h in hooks:
-        h.remove()
+    layers = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    calls, _ = record_calls(model, lambda: model(torch.randn(1, *SHAPE)), layers)
+    shapes = {c.name: (math.prod(c.input_shape), math.prod(c.output_shape)) for c in calls}
     act = PeakActivationBytes(space)
     assert act.cost(zeros) == 4 * max(i + o for i, o in shapes.values())
     assert PeakActivationBytes(space, batch=8).cost(zeros) == 8 * act.cost(zeros)

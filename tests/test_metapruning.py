@@ -14,7 +14,8 @@ from autoprune.agents.metapruning import MetaPruningSearch
 from autoprune.agents.pruningnet import PruningNet, load_checkpoint, train_pruningnet, unmasked
 from autoprune.errors import UserError
 from autoprune.policy import apply_policy, removal_orders
-from autoprune.search_job import DEFAULT_EVALS, SearchConfig, build_setup
+from autoprune.agents import default_evals
+from autoprune.search_job import SearchConfig, build_setup
 from autoprune.search_spaces import ChannelSpace
 from conftest import SHAPE, cli_main, needs_fashion
 
@@ -44,7 +45,7 @@ def test_pruningnet_shapes_start_and_masking_equals_physical_pruning(graphs, nam
 def test_registered_with_defaults():
     assert isinstance(agents.build("metapruning"), MetaPruningSearch)
     assert isinstance(agents.build("evolution"), EvolutionSearch)
-    assert DEFAULT_EVALS["evolution"] == 1000 and DEFAULT_EVALS["metapruning"] == 5
+    assert default_evals("evolution") == 1000 and default_evals("metapruning") == 5
     assert population_for(1000, None, 20) == 50 and population_for(300, None, 20) == 15
     assert population_for(60, None, 20) == 10 and population_for(60, 7, 20) == 7
 

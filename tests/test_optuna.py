@@ -42,7 +42,7 @@ def test_sampler_improves_and_keeps_every_candidate_within_budget(surrogate_prob
 
 def test_nsga2_returns_a_non_dominated_front(surrogate_problem):
     problem, searcher = _run(surrogate_problem, "nsga2")
-    front = searcher.pareto_front
+    front = searcher.pareto_front()
     assert len(front) >= 3
     pts = [(f["accuracy"], f["costs"]["macs"]) for f in front]
     assert [c for _, c in pts] == sorted(c for _, c in pts)  # cheapest first

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from autoprune.graph import CONV_TYPES, LAYER_TYPES, PruningGraph
+from autoprune.hooks import record_calls
 
 GRID_LOW = 0.1  # the grid reaches down to 10% of every group (prune ratio 0.9); below, the edge value holds
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Hardswish,
@@ -78,25 +79,6 @@ class Unit:
         return nn.Sequential(*parts).eval(), tuple(shape[1:])
 
 
-def _calls(model: nn.Module, example: torch.Tensor) -> list[tuple[str, nn.Module, tuple, tuple]]:
-    """Every leaf-module call in execution order: (name, module, input shape, output shape)."""
-    names = {m: n for n, m in model.named_modules()}
-    calls: list[tuple] = []
-
-    def hook(module: nn.Module, inputs: tuple, output) -> None:
-        if isinstance(output, torch.Tensor) and inputs and isinstance(inputs[0], torch.Tensor):
-            calls.append((names[module], module, tuple(inputs[0].shape), tuple(output.shape)))
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for h in handles:
-            h.remove()
-    return calls
-
-
 def _axis_grid(row: np.ndarray, kept_low: np.ndarray, full: np.ndarray, points: int) -> list[int]:
     """Grid of one channel axis given its affine row [coefficients | constant]."""
     hi = int(round(float(row[:-1] @ full + row[-1])))
@@ -115,7 +97,8 @@ def discover_units(model: nn.Module, graph: PruningGraph, points: int = 8) -> li
     """The units of `model` (as analysed in `graph`), each with its grid of `points` per varying axis."""
     model = model.eval()
     device = next(iter(model.parameters()), torch.empty(0)).device
-    calls = _calls(model, torch.randn(1, *graph.input_shape, device=device))
+    example = torch.randn(1, *graph.input_shape, device=device)
+    calls, _ = record_calls(model, lambda: model(example))  # every leaf call: (name, module, in, out)
     index = {lay.name: lay.index for lay in graph.layers}
     full = graph.channels
     kept_low = np.maximum(1, np.ceil(full * GRID_LOW))

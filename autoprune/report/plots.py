@@ -24,6 +24,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from autoprune.pareto import pareto_front as non_dominated
+
 # One look for every figure: small type, light grid; colours of matplotlib's default cycle.
 STYLE = {"font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8,
          "xtick.labelsize": 8, "ytick.labelsize": 8, "axes.grid": True, "grid.alpha": 0.3,
@@ -194,11 +196,7 @@ def _kind(c: dict) -> str:
 
 def pareto_front(cands: list[dict], metric: str) -> list[dict]:
     """Candidates no other beats in both accuracy (higher) and cost (lower), cheapest first."""
-    front: list[dict] = []
-    for c in sorted(cands, key=lambda c: (c["costs"][metric], -c["accuracy"])):
-        if not front or c["accuracy"] > front[-1]["accuracy"]:
-            front.append(c)
-    return front
+    return [cands[i] for i in non_dominated([(c["accuracy"], c["costs"][metric]) for c in cands])]
 
 
 def latency(checked: list[dict], budgets: list[float], chosen: int | None) -> str:
