@@ -13,10 +13,14 @@ Bad input raises `autoprune.UserError` with the CLI's one-line message.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+import logging
 import shutil
 import tempfile
+import warnings
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,10 +33,13 @@ from autoprune.rebuild import PYTHON_DATA, PYTHON_MODEL, prune_as_policy
 from autoprune.data import CALIB_BATCH, DataBundle, carve_heldout, load_data
 from autoprune.errors import UserError, one_line
 from autoprune.policy import Policy
+from autoprune.progress_lines import ProgressLines
+from autoprune.run_summary import RunSummary
 from autoprune.search_job import Inputs, SearchConfig, execute_search, prepare_search
 from autoprune.zoo import ModelBundle
 
 DataArg = Dataset | DataLoader | None
+log = logging.getLogger("autoprune")  # quiet unless the application configures logging, or verbose=True
 _CONFIG_FIELDS = {f.name for f in dataclasses.fields(SearchConfig)} - {"model", "budgets", "data"}
 
 
@@ -48,20 +55,32 @@ class SearchResult:
     _setup: object = dataclasses.field(repr=False, default=None)
 
     @property
+    def run_summary(self) -> RunSummary:
+        """`summary` as a typed RunSummary (the policy.json keys and their defaults)."""
+        return RunSummary.read(self.summary)
+
+    @property
     def heldout_accuracy(self) -> float:
-        return self.summary["heldout_accuracy"]
+        return self.run_summary.heldout_accuracy
 
     @property
     def test_accuracy(self) -> float | None:
-        return self.summary["test_accuracy"]
+        return self.run_summary.test_accuracy
 
     @property
     def macs(self) -> float:
-        return self.summary["macs"]
+        return self.run_summary.macs
 
     @property
     def params(self) -> float:
-        return self.summary["params"]
+        return self.run_summary.params
+
+    @property
+    def verified(self) -> bool | None:
+        """Whether the returned policy's latency was measured within its latency budget; None without one.
+        False is what the CLI exits 3 for: the policy is returned (and warned about) but not verified."""
+        check = self.run_summary.latency_verification
+        return None if check is None else bool(check["verified"])
 
     @property
     def study(self):
@@ -100,7 +119,7 @@ def search(model: nn.Module | str, budget: str | Sequence[str], *, data: str | N
            train: DataArg = None, heldout: DataArg | int = None, test: DataArg = None,
            evaluate: Callable[[nn.Module], float] | None = None, example_inputs=None,
            batch_to_inputs: Callable | None = None, agent: str = "tpe", evals: int | None = None,
-           seed: int = 0, out: str | Path | None = None, device: str = "auto",
+           seed: int = 0, out: str | Path | None = None, device: str = "auto", verbose: bool = False,
            **options) -> SearchResult:
     """Search per-group prune ratios of `model` that keep the most accuracy within `budget`.
 
@@ -117,6 +136,11 @@ def search(model: nn.Module | str, budget: str | Sequence[str], *, data: str | N
       the model's input, for BN recalibration (default: the batch's first element). With `evaluate`,
       the model may return anything (a dict of segmentation maps, a tuple, features).
     A DataLoader contributes its dataset: autoprune draws its own seeded batches, so results repeat.
+    out: the run folder to write; without it a temporary folder is used and removed when the result is
+      garbage-collected (or at exit): `result.save(folder)` keeps a copy.
+    verbose: print progress lines (evaluations, best so far, elapsed, ETA) through the `autoprune`
+      logger; without it that logger is as quiet as the application's logging configuration leaves it.
+    A latency budget that no timed candidate met gives `result.verified is False` and a warning.
     options: every other `autoprune search` option by its name (criterion="taylor", reconstruct=True,
       fidelity="auto", max_ratio=0.7, finetune_epochs=3, distill=True, workers=2, ...; see
       `autoprune search --help`), with the CLI's defaults.
@@ -124,21 +148,11 @@ def search(model: nn.Module | str, budget: str | Sequence[str], *, data: str | N
     >>> result = autoprune.search(model, "50%FLOPs", train=train_set, heldout=val_set, evals=60)
     >>> result.pruned_model, result.policy.ratios, result.heldout_accuracy
     """
-    unknown = sorted(set(options) - _CONFIG_FIELDS)
-    if unknown:
-        raise UserError(f"unknown search option {', '.join(unknown)}: one of {', '.join(sorted(_CONFIG_FIELDS))}")
     budgets = [budget] if isinstance(budget, str) else list(budget)
     if isinstance(heldout, int) and not isinstance(heldout, bool):
         options["heldout"], heldout = heldout, None
+    _check_arguments(model, options, data, train, heldout, test, evaluate)
     named_model = isinstance(model, str)
-    if not named_model and not isinstance(model, nn.Module):
-        raise UserError(f"model must be a torch.nn.Module or a model name, not {type(model).__name__}")
-    if data is not None and any(x is not None for x in (train, heldout, test)):
-        raise UserError("give data= (a registered dataset) or train=/heldout=/test= (your own), not both")
-    if data is None and train is None:
-        raise UserError("give data= (a registered dataset, e.g. 'fashion-mnist') or train= (your training data)")
-    if evaluate is not None and heldout is not None:
-        raise UserError("give heldout= (scored by top-1) or evaluate= (your function), not both")
     cfg = SearchConfig(model=model if named_model else _model_label(model), budgets=budgets,
                        data=data or PYTHON_DATA, agent=agent, evals=evals, seed=seed, device=device,
                        out=Path(out) if out is not None else None, **options)
@@ -146,17 +160,64 @@ def search(model: nn.Module | str, budget: str | Sequence[str], *, data: str | N
     extras = {"evaluate": evaluate, "example_inputs": example_inputs, "batch_to_inputs": batch_to_inputs}
     if not (named_model and data is not None and not any(v is not None for v in extras.values())):
         inputs = _inputs(model, cfg, data, train, heldout, test, extras)
+    return _run(cfg, inputs, verbose)
+
+
+def _check_arguments(model, options: dict, data, train, heldout, test, evaluate) -> None:
+    """search()'s refusals of its own arguments, one line each."""
+    unknown = sorted(set(options) - _CONFIG_FIELDS)
+    if unknown:
+        raise UserError(f"unknown search option {', '.join(unknown)}: one of {', '.join(sorted(_CONFIG_FIELDS))}")
+    if not isinstance(model, (str, nn.Module)):
+        raise UserError(f"model must be a torch.nn.Module or a model name, not {type(model).__name__}")
+    if data is not None and any(x is not None for x in (train, heldout, test)):
+        raise UserError("give data= (a registered dataset) or train=/heldout=/test= (your own), not both")
+    if data is None and train is None:
+        raise UserError("give data= (a registered dataset, e.g. 'fashion-mnist') or train= (your training data)")
+    if evaluate is not None and heldout is not None:
+        raise UserError("give heldout= (scored by top-1) or evaluate= (your function), not both")
+
+
+def _run(cfg: SearchConfig, inputs: Inputs | None, verbose: bool) -> SearchResult:
+    """The CLI's prepare + execute; a temporary run folder when no out= was given, removed with the result."""
     temporary = cfg.out is None
     if temporary:
         cfg.out = Path(tempfile.mkdtemp(prefix="autoprune-run-"))
     try:
-        out_dir, setup = prepare_search(cfg, inputs=inputs)
-        summary = execute_search(out_dir, setup)
+        with _logging_to_stderr(verbose):
+            out_dir, setup = prepare_search(cfg, inputs=inputs)
+            with ProgressLines(cfg.n_evals(), log.info) as lines:
+                summary = execute_search(out_dir, setup, on_result=lines.on_result, on_stage=lines.on_stage,
+                                         on_progress=lines.on_progress)
     except BaseException:
-        if temporary and cfg.out.is_dir() and not any(cfg.out.iterdir()):
-            cfg.out.rmdir()  # refused or failed with nothing stored: leave nothing behind
+        if temporary:  # refused or failed: a temporary folder is nobody's to resume
+            shutil.rmtree(cfg.out, ignore_errors=True)
         raise
-    return SearchResult(summary, setup.policy, setup.pruned, setup.bundle.model, out_dir, setup)
+    result = SearchResult(summary, setup.policy, setup.pruned, setup.bundle.model, out_dir, setup)
+    if temporary:
+        weakref.finalize(result, shutil.rmtree, out_dir, ignore_errors=True)
+    if result.verified is False:
+        warnings.warn("no timed candidate measured within the latency budget: result.verified is False "
+                      "(the CLI exits 3 for this); see result.summary['latency_verification']", stacklevel=3)
+    return result
+
+
+@contextlib.contextmanager
+def _logging_to_stderr(verbose: bool):
+    """verbose=True: the `autoprune` logger's INFO lines (progress included) on stderr for this call."""
+    if not verbose:
+        yield
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("autoprune: %(message)s"))
+    level = log.level
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
 
 
 def apply(model: nn.Module, policy: Policy | str | Path | SearchResult, *, train: DataArg = None,
@@ -181,15 +242,14 @@ def apply(model: nn.Module, policy: Policy | str | Path | SearchResult, *, train
         policy = Policy.load(path)
     if train is not None and data is not None:
         raise UserError("give train= (your data) or data= (a registered dataset), not both")
-    meta = policy.meta
+    meta = RunSummary.read(policy.meta)
     calib, shape = None, None
     if train is not None or data is not None:
         from autoprune.evaluate import calibration_batches
 
         split = (_dataset(train, "train") if train is not None
-                 else load_data(data, heldout_size=meta.get("heldout_images") or 5000).train)
-        calib = calibration_batches(split, meta.get("calib_batches", 20), CALIB_BATCH, meta.get("seed", 0),
-                                    batch_to_inputs)
+                 else load_data(data, heldout_size=meta.heldout_images or 5000).train)
+        calib = calibration_batches(split, meta.calib_batches, CALIB_BATCH, meta.seed, batch_to_inputs)
         shape = tuple(split[0][0].shape)  # for a hand-made Policy that does not record its input shape
     pruned, _ = prune_as_policy(model, policy, calib, device, recalibrate=calib is not None, input_shape=shape,
                                 example_inputs=example_inputs)

@@ -31,16 +31,27 @@ IMPORTANCE_BATCH_SIZE = 64
 HESSIAN_SAMPLES = 128  # per-sample backward passes: the expensive one
 
 
+class SeededRandomImportance(tp.importance.RandomImportance):
+    """Torch-Pruning's RandomImportance drawing from its own generator, seeded: the user's global torch RNG
+    is neither reseeded nor advanced (RandomImportance itself calls torch.rand on the global one)."""
+
+    def __init__(self, seed: int) -> None:
+        self.generator = torch.Generator().manual_seed(seed)
+
+    @torch.no_grad()
+    def __call__(self, group, **kwargs):
+        _, idxs = group[0]
+        return torch.rand(len(idxs), generator=self.generator)
+
+
 def importance(name: str, seed: int = 0) -> tp.importance.Importance:
-    if name == "random":
-        torch.manual_seed(seed)  # RandomImportance draws from torch's global generator
     table = {
         "l1": lambda: tp.importance.GroupMagnitudeImportance(p=1),
         "l2": lambda: tp.importance.GroupMagnitudeImportance(p=2),
         "bn-scale": lambda: tp.importance.BNScaleImportance(),
         "lamp": lambda: tp.importance.LAMPImportance(p=2),
         "fpgm": lambda: tp.importance.FPGMImportance(p=2),
-        "random": lambda: tp.importance.RandomImportance(),
+        "random": lambda: SeededRandomImportance(seed),
         "taylor": lambda: tp.importance.GroupTaylorImportance(),
         "hessian": lambda: tp.importance.GroupHessianImportance(),
         "activation": lambda: tp.importance.ActivationImportance(),

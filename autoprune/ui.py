@@ -1,6 +1,8 @@
 """Console presentation (rich): a search's progress with ETA and best-so-far and its final table; sweep tables."""
 from __future__ import annotations
 
+import sys
+
 from rich import box
 from collections.abc import Callable
 
@@ -10,16 +12,31 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from autoprune.budget import human
+from autoprune.progress_lines import ProgressLines, best_so_far
 from autoprune.report.html import speedup  # one wording for the console and the report
 from autoprune.search_job import SearchConfig, execute_search, prepare_search
 
 
 def run_search_with_progress(cfg: SearchConfig, console: Console) -> dict:
+    """A search with a progress bar in a terminal, or plain progress lines in a log (`| tee`, nohup, CI)."""
     # Validate before any bar is drawn, so bad input prints only its one error line.
     with console.status("loading model and data, analysing the graph") as status:
         out, setup = prepare_search(cfg, on_profile=lambda what, done, total: status.update(
             f"profiling latency on this device (once, then cached): {what}, step {done}/{total}"),
             on_stage=lambda text: status.update(f"analysing the graph: {text}"))
+    if console.is_terminal and sys.stdout.isatty():
+        summary = _search_with_bar(cfg, console, out, setup)
+    else:  # a log, `| tee`, `| cat`, nohup, CI: plain lines on stdout, flushed (a pipe is block-buffered)
+        with ProgressLines(cfg.n_evals(), lambda text: print(text, flush=True)) as lines:
+            summary = execute_search(out, setup, on_result=lines.on_result, on_stage=lines.on_stage,
+                                     on_progress=lines.on_progress)
+    console.print(summary_table(summary))
+    for name, path in summary["files"].items():
+        console.print(f"  {name}: {path}")
+    return summary
+
+
+def _search_with_bar(cfg: SearchConfig, console: Console, out, setup) -> dict:
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
                         TextColumn("{task.fields[best]}"), console=console, transient=False)
@@ -31,22 +48,13 @@ def run_search_with_progress(cfg: SearchConfig, console: Console) -> dict:
             inner.append(progress.add_task(what, total=total, best=""))
         progress.update(inner[0], description=what, completed=done, total=total)
 
-    setup.problem.progress = on_progress
-
     def on_result(result, problem) -> None:
-        best = problem.best
-        rung = "" if best.rung is None else f" (rung {best.rung})"  # the ladder: the top rung is fine-tuned
-        progress.update(task, completed=problem.n_evals,
-                        best=f"best held-out{rung} {best.accuracy:.4f} @ "
-                             f"{best.costs['macs'] / problem.base_costs['macs']:.1%} MACs")
+        progress.update(task, completed=problem.n_evals, best=best_so_far(problem))
 
     with progress:
-        summary = execute_search(out, setup, on_result=on_result,
+        summary = execute_search(out, setup, on_result=on_result, on_progress=on_progress,
                                  on_stage=lambda s: progress.update(task, description=s))
         progress.update(task, description="done")
-    console.print(summary_table(summary))
-    for name, path in summary["files"].items():
-        console.print(f"  {name}: {path}")
     return summary
 
 
