@@ -186,7 +186,7 @@ def test_default_cache_is_keyed_by_device(tiny, tmp_path, monkeypatch):
                             model_min_seconds=0.05, calibration=2)
     cost = latency_cost_model(model, space, cheap)
     assert cost.path.parent == tmp_path and "tiny-1x28x28-b1-cpu-" in cost.path.name
-    monkeypatch.setattr("autoprune.cost.profile.cpu_model", lambda: "Another CPU")
+    monkeypatch.setattr("autoprune.cost.lut.cpu_model", lambda: "Another CPU")
     other = latency_cost_model(model, space, cheap)
     assert other.path.parent == tmp_path and other.path != cost.path  # another machine, another table
     assert other.table.fingerprint["cpu"] == "Another CPU"

@@ -18,8 +18,9 @@ from conftest import needs_fashion
 from tiny_nets import tiny_net
 
 from autoprune.cost.lut import LatencyPredictor, LatencyTableCost, fit_calibration
-from autoprune.cost.profile import ProfileSettings, _Timer, profile_latency
+from autoprune.cost.profile import ProfileSettings, profile_latency
 from autoprune.cost.staleness import STALE_TOLERANCE, check_table
+from autoprune.cost.timing import Timer
 from autoprune.graph import build_graph
 from autoprune.search_spaces import ChannelSpace
 
@@ -99,7 +100,7 @@ def test_profiling_notices_a_drifting_machine_times_again_and_warns(tmp_path, mo
         self.table.stability.setdefault("base_checks_ms", []).append(ms)
         return ms
 
-    monkeypatch.setattr(_Timer, "check_base", drifting)
+    monkeypatch.setattr(Timer, "check_base", drifting)
     with caplog.at_level(logging.WARNING):
         prof = profile_latency(model, graph, FAST, path=tmp_path / "t.json")
     stab, n_tables = prof.table.stability, len(prof.table.tables)

@@ -2,9 +2,19 @@
 
 Every searcher, the env and the budgets read costs only through a `CostModel`. The analytic
 ones here come from the search space (the graph's exact MACs/params polynomials); memory
-(`memory.py`: weight and peak activation bytes), the latency lookup table (`lut.py`, profiled
-by `profile.py` over the timing units of `units.py`) and measured latency (`measured.py`) plug
-in behind the same protocol under the metrics "weight_bytes", "activation_bytes", "latency_ms".
+(`memory.py`: weight and peak activation bytes), the latency lookup table and measured latency
+(`measured.py`) plug in behind the same protocol under the metrics "weight_bytes",
+"activation_bytes", "latency_ms".
+
+A latency table is made in one direction, units -> timing -> table, the order in which
+`profile.py` runs them. The imports run one way too: each module below imports only modules
+listed after it (tests/test_cost_layers.py checks), so none calls back into its caller:
+- `profile.py`    the job (`autoprune profile`, and a search that needs a table): runs the three;
+- `staleness.py`  whether a table is still true of this machine, at the start of a search;
+- `timing.py`     how: each grid and whole model timed against the unpruned model, into the table;
+- `units.py`      what to time: the timing units of a model, their channel grids, the calibration models;
+- `lut.py`        the table: store (file, fingerprint, cache), calibrate, predict (`LatencyTableCost`);
+- `measured.py`   the clock every timing goes through (and `MeasuredLatencyCost`).
 """
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""Latency lookup tables: the versioned file, and the prediction of a policy's latency from it.
+"""Latency lookup tables: the versioned file, its calibration, and the prediction of a policy's latency.
+
+Layer: the last step of a profile (units -> timing -> table) and a leaf: it imports nothing of
+autoprune.cost. It stores what `timing.py` measured, fits the calibration to it (`calibrate`) and
+predicts from it; the units it is given are read by their fields (key, layer index, depthwise).
 
 The file (JSON) holds, for one model, input shape, batch and device fingerprint: the measured
 grid of every distinct timing unit (`units.py`) with the unpruned model's latency timed around
@@ -20,21 +24,69 @@ scaled down to the whole instead. The calibrated prediction a·raw + b (a > 0) i
 every group's kept channels, and never below the floor: the measured latency of the thinnest
 policy the space allows, which every budget check needs (`check_feasible` refuses a latency
 budget below it up front).
+
+Tables live in a cache (`$AUTOPRUNE_LATENCY_DIR`, default ~/.cache/autoprune/latency) under a
+name made of model, input shape, batch and a hash of the device fingerprint (CPU model string and
+threads, or GPU name; torch version), so every search on the same machine reuses one table and
+a different machine never picks up a foreign one. A table passed by path is checked against
+this machine's fingerprint and refused, with the command to re-profile, when it differs.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
+import platform
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from autoprune.errors import UserError
 from autoprune.graph import PruningGraph
 
+log = logging.getLogger(__name__)
+
 FORMAT = "autoprune.latency-table"
 VERSION = 2  # 2: per-unit base timings, floors, stability, linear calibration
+
+
+# ---------------------------------------------------------------------------------------------
+# Store: which machine a table describes, where it lives, the file
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown cpu"
+
+
+def fingerprint(device: torch.device, threads: int) -> dict:
+    """What a latency number depends on beyond the model: the processor, its threads, torch."""
+    fp = {"device": device.type, "torch": torch.__version__}
+    if device.type == "cuda":
+        fp["gpu"] = torch.cuda.get_device_name(device)
+    else:
+        fp["cpu"], fp["threads"] = cpu_model(), threads
+    return fp
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("AUTOPRUNE_LATENCY_DIR") or "~/.cache/autoprune/latency").expanduser()
+
+
+def default_path(model_id: str, input_shape: tuple[int, ...], batch: int, fp: dict) -> Path:
+    digest = hashlib.sha1(json.dumps(fp, sort_keys=True).encode()).hexdigest()[:10]
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", model_id)
+    shape = "x".join(str(d) for d in input_shape)
+    return cache_dir() / f"{safe}-{shape}-b{batch}-{fp['device']}-{digest}.json"
 
 
 def describe_fingerprint(fp: dict) -> str:
@@ -100,9 +152,33 @@ class LatencyTable:
                             f"{self.batch}, not {model}, input {tuple(input_shape)}, batch {batch}: "
                             f"re-profile with `{reprofile}`")
 
+    def reopen(self, units: list, structure: str) -> None:
+        """Open for (more) timing over `units`: calibration and floors fitted for other units start afresh."""
+        self.units = [{"layer": u.name, "table": u.key} for u in units]
+        self.complete = False
+        if self.calibration.get("structure") != structure:
+            self.calibration = {"structure": structure, "points": []}
+            self.floors = {}
+
+
+def load_or_restart(path: Path, cached: bool) -> LatencyTable | None:
+    """The table at `path`; None (profile afresh) for a cached table of an older format."""
+    try:
+        return LatencyTable.load(path)
+    except UserError:
+        if not cached:
+            raise
+        log.warning("latency table %s is of an older format (this autoprune writes version %d): profiling "
+                    "it afresh", path, VERSION)
+        return None
+
 
 def kept_key(kept) -> str:
     return ",".join(str(int(k)) for k in kept)
+
+
+# ---------------------------------------------------------------------------------------------
+# Predict, and calibrate the prediction to whole models
 
 
 def dense_grid(in_grid: list[int], out_grid: list[int], ms: list[list[float]]) -> np.ndarray:
@@ -222,6 +298,30 @@ def fit_calibration(raw: np.ndarray, measured: np.ndarray) -> dict:
                         and line(raw, measured) is not None and out["loo_mape_line"] < out["loo_mape_ratio"]) else "ratio"
     a, b = (line if chosen == "line" else ratio)(raw, measured)
     return {"model": chosen, "a": a, "b": b, **out}
+
+
+def calibrate(table: LatencyTable, graph: PruningGraph, units: list) -> None:
+    """Fit the finished table's calibration and record its stability; it is complete then.
+
+    The raw predictions (parts and remainder; the fit's a and b do not enter them) of the unpruned
+    model, every calibration model and every floor, against their measurements with the machine's
+    state taken out (`LatencyTable.normalised`).
+    """
+    predictor = LatencyPredictor(graph, units, table)
+    whole = table.calibration["points"] + list(table.floors.values())
+    raw = [predictor.raw_ms(graph.channels)] + [predictor.raw_ms(np.array(p["kept"])) for p in whole]
+    measured = [table.base_ms] + [table.normalised(p) for p in whole]
+    table.calibration["fit"] = fit_calibration(np.array(raw), np.array(measured))
+    table.stability["spread"] = spread(table.stability.get("base_checks_ms", []))
+    table.complete = True
+
+
+def spread(runs: list[float]) -> float:
+    """How much the machine's speed varied: 10th-90th percentile range of the unpruned timings over their median."""
+    if len(runs) < 2:
+        return 0.0
+    lo, mid, hi = np.percentile(runs, [10, 50, 90])
+    return float((hi - lo) / mid)
 
 
 class LatencyTableCost:

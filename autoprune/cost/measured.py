@@ -1,7 +1,9 @@
 """Measured latency: time the real (pruned) model on this machine, median of repeats.
 
-`median_latencies_ms` is the one timing routine: the lookup-table profiler times its layer blocks
-and its calibration models with it, so table and verification measure the same way.
+`median_latencies_ms` is the one timing routine: the lookup-table profiler (`timing.py`) times its
+layer blocks and its calibration models with it, so table and verification measure the same way.
+
+Layer: the clock, the bottom of autoprune.cost's latency modules: it imports nothing of them.
 `MeasuredLatencyCost` is the cost model that prunes and times every policy it is asked about
 (seconds per new policy, cached): ground truth for checking the table, or a cost model for users
 who would rather pay for measurements than trust a prediction.

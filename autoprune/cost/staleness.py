@@ -6,6 +6,9 @@ unpruned model is timed here and now (a few runs, well under a second for small 
 with the table's base latency. Beyond `STALE_TOLERANCE` the search says so in one line and
 rescales every prediction by the ratio: relative budgets (`60%latency`) are unchanged by that, and
 absolute ones (`12ms`) then follow the machine as it is today. `--reprofile` profiles afresh instead.
+
+Layer: beside the profile job, above the table (`lut.py`) and the clock (`measured.py`), the two
+it imports; it changes only the cost model's predictions, never the table's file.
 """
 from __future__ import annotations
 

@@ -1,4 +1,9 @@
-"""Timing units of a latency table: each conv/linear call with the BN and activation that follow it.
+"""What a latency profile times: the units (each conv/linear call with the BN and activation that
+follow it) over their channel grids, and the pruned models timed whole to calibrate the table.
+
+Layer: the first step of a profile (units -> timing -> table) and a leaf: it imports nothing of
+autoprune.cost. `profile.py` finds the units here, `timing.py` times them, `lut.py` predicts from
+their tables.
 
 A unit is what the profiler times in isolation and what the table predicts per layer: the layer
 rebuilt at a kept (in, out) channel count, followed by its batch norm and its activation when
@@ -127,6 +132,19 @@ def discover_units(model: nn.Module, graph: PruningGraph, points: int = 8) -> li
         units.append(Unit(index[name], name, key, desc, in_grid, out_grid, tuple(ishape), channel_axis,
                           m, norm, act))
     return units
+
+
+def calibration_kept(graph: PruningGraph, n: int, seed: int) -> list[np.ndarray]:
+    """n random policies from light to heavy pruning (a fixed sequence per seed, so resume continues it)."""
+    rng = np.random.default_rng(seed)
+    full = graph.channels
+    divisor = np.array([g.divisor for g in graph.groups], dtype=np.float64)  # grouped convolutions: whole chunks
+    out = []
+    for i in range(n):
+        depth = (i + 1) / n * (1.0 - GRID_LOW) * 0.9  # the i-th policy prunes up to this ratio
+        ratios = rng.uniform(0.0, depth, len(full))
+        out.append(np.maximum(divisor, np.round(full * (1.0 - ratios) / divisor) * divisor))
+    return out
 
 
 def structure_key(graph: PruningGraph, units: list[Unit]) -> str:
