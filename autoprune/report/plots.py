@@ -14,7 +14,8 @@ cost, partial-fidelity candidates) it does not draw.
 Every function takes plain data (lists and dicts read from policy.json and the study) and
 returns one `<svg>` element as text; the pages (`run.py`, `sweep.py`) lay them out.
 
-Layer: the bottom of autoprune.report beside `html.py`; it imports nothing of autoprune.
+Layer: the bottom of autoprune.report beside `html.py`; it imports nothing of the report (the
+Pareto front's rule comes from autoprune.pareto).
 """
 from __future__ import annotations
 
