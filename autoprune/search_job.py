@@ -132,6 +132,7 @@ def _execute(out: Path, setup: Setup, *, on_result: ResultCallback | None, on_st
         problem.on_result(lambda r: on_result(r, problem))
     if on_progress:
         problem.on_progress(on_progress)
+    on_stage(f"searching ({agents.label(setup.config.agent)})")
     search_seconds = _run_searcher(setup, on_stage)
     best = problem.best
     if best is None:

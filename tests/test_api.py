@@ -140,3 +140,41 @@ def test_the_readme_python_example_runs(tmp_path, monkeypatch):
     assert pruned(torch.zeros(1, 1, 28, 28)).shape == (1, 10)
     saved = json.loads((tmp_path / "runs" / "mine" / "policy.json").read_text())
     assert saved["macs"] <= 0.5 * saved["base_macs"] * 1.0001
+
+
+def test_a_temporary_run_folder_goes_with_its_result_and_verbose_prints_progress(fmnist_subset, tmp_path, capsys):
+    import gc
+    import logging
+
+    result = autoprune.search("resnet20", "50%FLOPs", data=fmnist_subset, heldout=300, weights="random",
+                              reconstruct=False, verbose=True, **FAST)
+    err = capsys.readouterr().err
+    assert "autoprune: searching (random) | 3/3 evaluations | best held-out" in err  # verbose: the progress lines
+    folder = result.folder
+    assert (folder / "policy.json").is_file() and result.verified is None  # no latency budget: nothing to verify
+    kept = result.save(tmp_path / "kept")
+    del result
+    gc.collect()
+    assert not folder.exists() and (kept / "policy.json").is_file()
+    assert not logging.getLogger("autoprune").handlers  # verbose's handler lasted only for the call
+    autoprune.search("resnet20", "50%FLOPs", data=fmnist_subset, heldout=300, weights="random", reconstruct=False,
+                     **FAST)
+    assert "evaluations" not in capsys.readouterr().err  # quiet by default
+
+
+def test_a_failed_latency_check_is_verified_false_and_a_warning(monkeypatch, tmp_path):
+    from autoprune import api
+
+    class Setup:
+        policy = pruned = None
+
+        class bundle:
+            model = None
+
+    monkeypatch.setattr(api, "prepare_search", lambda cfg, inputs=None: (tmp_path, Setup()))
+    monkeypatch.setattr(api, "execute_search", lambda out, setup, **kw: {
+        "latency_verification": {"verified": False, "checked": []}})
+    cfg = api.SearchConfig(model="resnet20", budgets=["60%latency"], out=tmp_path)
+    with pytest.warns(UserWarning, match="verified is False"):
+        result = api._run(cfg, None, verbose=False)
+    assert result.verified is False

@@ -59,7 +59,7 @@ def test_the_docs_searcher_runs_from_the_cli_and_resumes(hill_climb, fmnist_subs
     code, stdout, stderr = cli_main(_search_args(fmnist_subset, hill_climb, out, 3, "--agent-option", "step=0.2"),
                                     capsys, monkeypatch)
     assert code == 0, stderr
-    assert "3/3 evaluations | best held-out" in stdout  # not a terminal: plain progress lines, not a bar
+    assert "searching (hill-climb) | 3/3 evaluations | best held-out" in stdout  # not a terminal: plain progress lines, not a bar
     policy = json.loads((out / "policy.json").read_text())
     assert policy["agent"] == hill_climb and policy["evaluations"] == 3
     code, _, stderr = cli_main(_search_args(fmnist_subset, hill_climb, out, 5, "--agent-option", "step=0.2",
