@@ -457,6 +457,8 @@ def _trial(config: dict, *, trials: dict[str, dict], runs: str, threads: int) ->
 def _final_metrics(summary: dict) -> dict:
     return {"heldout_accuracy": summary["heldout_accuracy"], "test_accuracy": summary["test_accuracy"],
             "evaluations": summary["evaluations"], "macs_ratio": summary["macs"] / summary["base_macs"],
+            **({"finetuned_test_accuracy": summary["finetuned_test_accuracy"]}
+               if summary.get("finetuned_test_accuracy") is not None else {}),
             "done": True}
 
 

@@ -59,15 +59,23 @@ def sweep_page(sweep: Path) -> str:
     return page(title, parts)
 
 
+def _finetuned(results: dict) -> bool:
+    """Whether the sweep fine-tuned (finetune_epochs): then the tables gain the accuracy the user keeps."""
+    return any(r.get("finetuned_test_accuracy") is not None for r in results.get("rows", []))
+
+
 def _groups_table(results: dict) -> str:
+    ft = _finetuned(results)
     rows = [(g["model"], g["budgets"], g["agent"], f"{g['ok']}/{g['seeds']}", pct(g["heldout_accuracy_mean"]),
-             pct(g["heldout_accuracy_best"]), pct(g["test_accuracy_mean"]), _fmt(g["macs_pct_mean"]),
+             pct(g["heldout_accuracy_best"]), pct(g["test_accuracy_mean"]),
+             *([pct(g.get("finetuned_test_accuracy_mean"))] if ft else []), _fmt(g["macs_pct_mean"]),
              _fmt(g["evaluations_mean"]), _fmt(g["search_seconds_mean"])) for g in results.get("groups", [])]
-    return table(("model", "budget", "agent", "seeds ok", "held-out %", "best %", "test %", "MACs %",
-                   "evaluations", "time s"), rows)
+    return table(("model", "budget", "agent", "seeds ok", "held-out %", "best %", "test %",
+                  *(["fine-tuned test %"] if ft else []), "MACs %", "evaluations", "time s"), rows)
 
 
 def _trials_table(results: dict, sweep: Path) -> str:
+    ft = _finetuned(results)
     rows = []
     for r in results.get("rows", []):
         if r["status"] == "ok":
@@ -77,10 +85,10 @@ def _trials_table(results: dict, sweep: Path) -> str:
         else:
             link = esc(r.get("error") or "")
         rows.append((r["model"], r["budgets"], r["agent"], r["seed"], r["status"], pct(r["heldout_accuracy"]),
-                     pct(r["test_accuracy"]), _fmt(r["macs_pct"]), _fmt(r["evaluations"]),
-                     _fmt(r["search_seconds"]), Raw(link)))
-    return table(("model", "budget", "agent", "seed", "status", "held-out %", "test %", "MACs %", "evaluations",
-                   "time s", ""), rows, cls="trials")
+                     pct(r["test_accuracy"]), *([pct(r.get("finetuned_test_accuracy"))] if ft else []),
+                     _fmt(r["macs_pct"]), _fmt(r["evaluations"]), _fmt(r["search_seconds"]), Raw(link)))
+    return table(("model", "budget", "agent", "seed", "status", "held-out %", "test %",
+                  *(["fine-tuned test %"] if ft else []), "MACs %", "evaluations", "time s", ""), rows, cls="trials")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -89,7 +97,7 @@ def _trials_table(results: dict, sweep: Path) -> str:
 
 ROW_KEYS = ("model", "budgets", "agent", "seed", "status", "heldout_accuracy", "test_accuracy",
             "base_heldout_accuracy", "base_test_accuracy", "macs_pct", "params_pct", "evaluations",
-            "search_seconds", "policy", "error")
+            "search_seconds", "finetuned_test_accuracy", "policy", "error")
 
 
 def collect(out: Path, trials: list[dict], errors: dict[str, str]) -> dict:
@@ -105,6 +113,7 @@ def collect(out: Path, trials: list[dict], errors: dict[str, str]) -> dict:
                        macs_pct=round(100 * s["macs"] / s["base_macs"], 2),
                        params_pct=round(100 * s["params"] / s["base_params"], 2),
                        evaluations=s["evaluations"], search_seconds=s["search_seconds"],
+                       finetuned_test_accuracy=s.get("finetuned_test_accuracy"),
                        policy=str(policy.relative_to(out)), error=None)
         else:
             row.update({k: None for k in ROW_KEYS if k not in row})
@@ -131,7 +140,9 @@ def aggregate(rows: list[dict]) -> list[dict]:
                     "heldout_accuracy_mean": mean("heldout_accuracy"),
                     "heldout_accuracy_best": max((r["heldout_accuracy"] for r in ok), default=None),
                     "test_accuracy_mean": mean("test_accuracy"), "macs_pct_mean": mean("macs_pct"),
-                    "evaluations_mean": mean("evaluations"), "search_seconds_mean": mean("search_seconds")})
+                    "evaluations_mean": mean("evaluations"), "search_seconds_mean": mean("search_seconds"),
+                    **({"finetuned_test_accuracy_mean": mean("finetuned_test_accuracy")}
+                       if ok and all(r.get("finetuned_test_accuracy") is not None for r in ok) else {})})
     return out
 
 
@@ -149,23 +160,30 @@ def _fmt(v, pct: bool = False) -> str:
 
 
 def markdown(results: dict) -> str:
+    ft = _finetuned(results)
+    ft_head, ft_rule = (" fine-tuned test |", "---|") if ft else ("", "")
     lines = [f"# Sweep {results['sweep']}", "",
              f"{results['trials']} trials: {results['ok']} finished, {results['failed']} failed or not run. "
              "Accuracies in %; MACs in % of the unpruned model; time is search time in seconds.", "",
              "## Agent × model × budget (mean over seeds)", "",
-             "| model | budget | agent | seeds ok | held-out mean | held-out best | test mean | MACs % | evaluations | time s |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             f"| model | budget | agent | seeds ok | held-out mean | held-out best | test mean |{ft_head} MACs % | "
+             "evaluations | time s |",
+             f"|---|---|---|---|---|---|---|{ft_rule}---|---|---|"]
     for g in results["groups"]:
+        ft_cell = f" {_fmt(g.get('finetuned_test_accuracy_mean'), True)} |" if ft else ""
         lines.append(f"| {g['model']} | {g['budgets']} | {g['agent']} | {g['ok']}/{g['seeds']} | "
                      f"{_fmt(g['heldout_accuracy_mean'], True)} | {_fmt(g['heldout_accuracy_best'], True)} | "
-                     f"{_fmt(g['test_accuracy_mean'], True)} | {_fmt(g['macs_pct_mean'])} | "
+                     f"{_fmt(g['test_accuracy_mean'], True)} |{ft_cell} {_fmt(g['macs_pct_mean'])} | "
                      f"{_fmt(g['evaluations_mean'])} | {_fmt(g['search_seconds_mean'])} |")
     lines += ["", "## Trials", "",
-              "| model | budget | agent | seed | status | held-out | test | MACs % | params % | evaluations | time s | policy / error |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              f"| model | budget | agent | seed | status | held-out | test |{ft_head} MACs % | params % | evaluations | "
+              "time s | policy / error |",
+              f"|---|---|---|---|---|---|---|{ft_rule}---|---|---|---|---|"]
     for r in results["rows"]:
         last = r["policy"] if r["status"] == "ok" else (r["error"] or "").replace("|", "\\|")
+        ft_cell = f" {_fmt(r.get('finetuned_test_accuracy'), True)} |" if ft else ""
         lines.append(f"| {r['model']} | {r['budgets']} | {r['agent']} | {r['seed']} | {r['status']} | "
-                     f"{_fmt(r['heldout_accuracy'], True)} | {_fmt(r['test_accuracy'], True)} | {_fmt(r['macs_pct'])} | "
-                     f"{_fmt(r['params_pct'])} | {_fmt(r['evaluations'])} | {_fmt(r['search_seconds'])} | {last} |")
+                     f"{_fmt(r['heldout_accuracy'], True)} | {_fmt(r['test_accuracy'], True)} |{ft_cell} "
+                     f"{_fmt(r['macs_pct'])} | {_fmt(r['params_pct'])} | {_fmt(r['evaluations'])} | "
+                     f"{_fmt(r['search_seconds'])} | {last} |")
     return "\n".join(lines) + "\n"
