@@ -51,12 +51,12 @@ def run(args: argparse.Namespace, workers: int) -> dict:
         pool = WorkerPool(cfg, workers, threads=args.threads)
         pool.score([problem.space.snap(problem.space.max_ratios * 0)] * workers)  # wait until every actor is up
         startup = time.perf_counter() - t
-        problem.pool = pool
     else:
         torch.set_num_threads(args.threads)
     try:
         t = time.perf_counter()
-        setup.searcher.search(problem, args.evals, seed=0)
+        with problem.scoring_on(pool):  # pool None: in this process
+            setup.searcher.search(problem, args.evals, seed=0)
         seconds = time.perf_counter() - t
     finally:
         if pool is not None:
