@@ -57,7 +57,7 @@ def test_cli_refuses_a_torchvision_model_without_weights_in_one_line(tmp_path, c
 
 def test_the_refusal_comes_before_any_data_or_model_loads(monkeypatch):
     """The Python API (and Ray workers) go through build_setup: refused there from the names alone."""
-    import autoprune.search_job as job
+    import autoprune.job_setup as job
 
     monkeypatch.setattr(job, "load_data", lambda *a, **k: pytest.fail("data loaded before the weights check"))
     monkeypatch.setattr(job, "build_model", lambda *a, **k: pytest.fail("model built before the weights check"))
