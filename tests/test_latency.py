@@ -277,7 +277,12 @@ def test_measured_check_keeps_the_best_candidate_that_meets_the_budget(tiny, pro
     # ... after three re-projections under ever tighter budgets, each timed too
     chosen, report = verify_latency(problem, tiny[0], top=2, timer=lambda cases, **_: [9.0, 10.0])
     assert chosen.index == ranked[0].index and not report["verified"]
-    assert [r["pool"] for r in report["reprojections"]] == [3, 4, 5]
+    # up to three rounds; fewer only when a round was tighter than the thinnest policy and had nothing to time
+    # (where that happens depends on the table timed on this machine: a loaded one stopped after two)
+    pools = [r["pool"] for r in report["reprojections"]]
+    assert pools == list(range(3, 3 + len(pools))) and 2 <= len(pools) <= 3
+    if len(pools) < 3:
+        assert not [c for c in report["checked"] if c["pool"] == pools[-1]]
     assert {1, 2, 3} <= {c["pool"] for c in report["checked"]}  # a round tighter than the thinnest policy: none
     targets = [r["latency_targets_ms"][0] for r in report["reprojections"]]
     assert targets == sorted(targets, reverse=True) and targets[0] < problem.budgets.budgets[0].target
