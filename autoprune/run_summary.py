@@ -12,11 +12,15 @@ from dataclasses import dataclass, field, fields
 from autoprune.policy import POLICY_VERSION
 
 VERSION = POLICY_VERSION  # policy.json's "version": Policy.load refuses a newer one
+# What `autoprune finetune` (autoprune.finetune.finetune_run) adds to a run's policy.json afterwards.
+FINETUNE_KEYS = ("finetune_epochs", "finetune_lr", "finetune_distill", "distill_temperature", "distill_weight",
+                 "test_accuracy_before_finetune", "finetuned_test_accuracy", "finetuned_heldout_accuracy",
+                 "finetune_history")
 # Written only when set: a run without a ladder, a latency budget or a front has no such key at all.
 OPTIONAL = frozenset({"ladder_heldout_accuracy", "ladder", "latency_verification", "predicted_latency_ms",
                       "base_predicted_latency_ms", "latency_floor_ms", "latency_table_check", "kept_channels",
                       "group_channels", "uniform_kept_channels", "uniform_macs", "channel_orders",
-                      "pareto_front_size"})
+                      "pareto_front_size", *FINETUNE_KEYS})
 
 
 @dataclass
@@ -76,6 +80,16 @@ class RunSummary:
     uniform_macs: float | None = None
     channel_orders: dict[str, list[int]] | None = None
     pareto_front_size: int | None = None
+    # a fine-tune's results (FINETUNE_KEYS): absent until `autoprune finetune` or --finetune-epochs ran
+    finetune_epochs: int | None = None
+    finetune_lr: float | None = None
+    finetune_distill: bool | None = None
+    distill_temperature: float | None = None
+    distill_weight: float | None = None
+    test_accuracy_before_finetune: float | None = None
+    finetuned_test_accuracy: float | None = None
+    finetuned_heldout_accuracy: float | None = None
+    finetune_history: list[dict] | None = None
     extra: dict = field(default_factory=dict)  # keys of searchers (Searcher.extras) and later steps
 
     def to_meta(self) -> dict:

@@ -455,10 +455,12 @@ def _trial(config: dict, *, trials: dict[str, dict], runs: str, threads: int) ->
 
 
 def _final_metrics(summary: dict) -> dict:
-    return {"heldout_accuracy": summary["heldout_accuracy"], "test_accuracy": summary["test_accuracy"],
-            "evaluations": summary["evaluations"], "macs_ratio": summary["macs"] / summary["base_macs"],
-            **({"finetuned_test_accuracy": summary["finetuned_test_accuracy"]}
-               if summary.get("finetuned_test_accuracy") is not None else {}),
+    from autoprune.run_summary import RunSummary  # imports torch (via policy): only inside a trial
+
+    s = RunSummary.read(summary)
+    return {"heldout_accuracy": s.heldout_accuracy, "test_accuracy": s.test_accuracy,
+            "evaluations": s.evaluations, "macs_ratio": s.macs / s.base_macs,
+            **({"finetuned_test_accuracy": s.finetuned_test_accuracy} if s.finetuned_test_accuracy is not None else {}),
             "done": True}
 
 

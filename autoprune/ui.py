@@ -14,6 +14,7 @@ from rich.table import Table
 from autoprune.budget import human
 from autoprune.progress_lines import ProgressLines, best_so_far
 from autoprune.report.html import speedup  # one wording for the console and the report
+from autoprune.run_summary import RunSummary
 from autoprune.search_job import SearchConfig, execute_search, prepare_search
 
 
@@ -58,48 +59,51 @@ def _search_with_bar(cfg: SearchConfig, console: Console, out, setup) -> dict:
     return summary
 
 
-def summary_table(s: dict) -> Table:
-    t = Table(title=f"{s['model']} · {', '.join(s['budgets'])} · agent {s['agent']} · seed {s['seed']} · "
-                    f"{s['evaluations']} evaluations")
+def summary_table(summary: dict) -> Table:
+    """The run's figures as the terminal shows them, read through RunSummary (policy.json's keys and defaults)."""
+    s = RunSummary.read(summary)
+    t = Table(title=f"{s.model} · {', '.join(s.budgets)} · agent {s.agent} · seed {s.seed} · "
+                    f"{s.evaluations} evaluations")
     t.add_column("")
     t.add_column("base", justify="right")
     t.add_column("pruned", justify="right")
     t.add_column("ratio", justify="right")
-    t.add_row("MACs", human(s["base_macs"]), human(s["macs"]), f"{s['macs'] / s['base_macs']:.1%}")
-    t.add_row("params", human(s["base_params"]), human(s["params"]), f"{s['params'] / s['base_params']:.1%}")
-    t.add_row("held-out top-1", f"{s['base_heldout_accuracy']:.4f}", f"{s['heldout_accuracy']:.4f}",
-              f"{s['heldout_accuracy'] - s['base_heldout_accuracy']:+.4f}")
-    if "ladder_heldout_accuracy" in s:
-        t.add_row(f"held-out top-1, after the ladder's {s['ladder']['steps']} steps", "",
-                  f"{s['ladder_heldout_accuracy']:.4f}", f"{s['ladder_heldout_accuracy'] - s['base_heldout_accuracy']:+.4f}")
-    if s.get("test_accuracy") is not None:  # a Python API run may have no test split
-        t.add_row("test top-1", f"{s['base_test_accuracy']:.4f}", f"{s['test_accuracy']:.4f}",
-                  f"{s['test_accuracy'] - s['base_test_accuracy']:+.4f}")
-    if "pruningnet" in s:
-        p = s["pruningnet"]
-        t.add_row("held-out top-1, PruningNet weights", "", f"{p['heldout_accuracy']:.4f}",
-                  f"{p['heldout_accuracy'] - s['base_heldout_accuracy']:+.4f}")
-        t.add_row("test top-1, PruningNet weights", "", f"{p['test_accuracy']:.4f}",
-                  f"{p['test_accuracy'] - s['base_test_accuracy']:+.4f}")
-    if "finetuned_test_accuracy" in s:
-        how = f"fine-tuned {s['finetune_epochs']} ep{', distilled' if s.get('finetune_distill') else ''}"
-        t.add_row(f"test top-1, {how}", "", f"{s['finetuned_test_accuracy']:.4f}",
-                  f"{s['finetuned_test_accuracy'] - s['base_test_accuracy']:+.4f}")
-    where = f"{s.get('latency_device', 'cpu').upper()} latency (batch {s.get('latency_batch', 1)})"
-    t.add_row(f"{where}, measured", f"{s['base_latency_ms']:.2f} ms", f"{s['latency_ms']:.2f} ms",
-              speedup(s["base_latency_ms"], s["latency_ms"]))
-    if "predicted_latency_ms" in s:
-        t.add_row(f"{where}, lookup table", f"{s['base_predicted_latency_ms']:.2f} ms",
-                  f"{s['predicted_latency_ms']:.2f} ms",
-                  speedup(s["base_predicted_latency_ms"], s["predicted_latency_ms"]))
-    if "latency_verification" in s:
-        v = s["latency_verification"]
+    t.add_row("MACs", human(s.base_macs), human(s.macs), f"{s.macs / s.base_macs:.1%}")
+    t.add_row("params", human(s.base_params), human(s.params), f"{s.params / s.base_params:.1%}")
+    _accuracy_row(t, "held-out top-1", s.heldout_accuracy, s.base_heldout_accuracy, base_shown=True)
+    if s.ladder_heldout_accuracy is not None:
+        _accuracy_row(t, f"held-out top-1, after the ladder's {s.ladder['steps']} steps", s.ladder_heldout_accuracy,
+                      s.base_heldout_accuracy)
+    if s.test_accuracy is not None:  # a Python API run may have no test split
+        _accuracy_row(t, "test top-1", s.test_accuracy, s.base_test_accuracy, base_shown=True)
+    if "pruningnet" in s.extra:
+        p = s.extra["pruningnet"]
+        _accuracy_row(t, "held-out top-1, PruningNet weights", p["heldout_accuracy"], s.base_heldout_accuracy)
+        _accuracy_row(t, "test top-1, PruningNet weights", p["test_accuracy"], s.base_test_accuracy)
+    if s.finetuned_test_accuracy is not None:
+        how = (f"fine-tuned{f' {s.finetune_epochs} ep' if s.finetune_epochs else ''}"
+               f"{', distilled' if s.finetune_distill else ''}")
+        _accuracy_row(t, f"test top-1, {how}", s.finetuned_test_accuracy, s.base_test_accuracy)
+    where = f"{(s.latency_device or 'cpu').upper()} latency (batch {s.latency_batch})"
+    t.add_row(f"{where}, measured", f"{s.base_latency_ms:.2f} ms", f"{s.latency_ms:.2f} ms",
+              speedup(s.base_latency_ms, s.latency_ms))
+    if s.predicted_latency_ms is not None:
+        t.add_row(f"{where}, lookup table", f"{s.base_predicted_latency_ms:.2f} ms",
+                  f"{s.predicted_latency_ms:.2f} ms", speedup(s.base_predicted_latency_ms, s.predicted_latency_ms))
+    if s.latency_verification is not None:
+        v = s.latency_verification
         kept = v["chosen"]
         verdict = (f"evaluation {kept['evaluation']} meets it" if v["verified"]
                    else f"none of {len(v['checked'])} met it: the search's best is kept, unverified")
         t.add_row(f"latency budget, measured check of {len(v['checked'])} best", "",
                   f"{kept['measured_fraction']:.1%} of base", verdict)
     return t
+
+
+def _accuracy_row(t: Table, label: str, value: float, base: float | None, *, base_shown: bool = False) -> None:
+    """One accuracy row: the unpruned figure in the base column only where it is the same measurement."""
+    t.add_row(label, f"{base:.4f}" if base_shown and base is not None else "", f"{value:.4f}",
+              "" if base is None else f"{value - base:+.4f}")
 
 
 def sweep_tables(results: dict) -> list:

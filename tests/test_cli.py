@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 
 from autoprune.cli import app
 from autoprune.data import _read_idx
+from autoprune.run_summary import FINETUNE_KEYS, RunSummary
 from autoprune.zoo import build_model
 
 from conftest import FASHION, needs_fashion, write_idx
@@ -304,6 +305,10 @@ def test_finetune_with_distillation_records_it(run, env, tmp_path, capsys, monke
     meta = json.loads((folder / "policy.json").read_text())
     assert meta["finetune_distill"] is True and meta["distill_temperature"] == 2.0
     assert meta["finetuned_test_accuracy"] > meta["test_accuracy_before_finetune"]
+    # every key the fine-tune wrote is one RunSummary names (the report and the CLI table read it there)
+    written = set(meta) - set(json.loads((run / "policy.json").read_text()))
+    assert written == set(FINETUNE_KEYS)
+    assert RunSummary.read(meta).extra == {}
     code, _, err = _main(["finetune", str(folder), "--distill", "--distill-weight", "1.5"], capsys, monkeypatch)
     _assert_one_line_error(code, err, None, "--distill-weight")
 

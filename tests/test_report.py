@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from autoprune.report import REPORT, load_candidates, write_report
+from autoprune.report import REPORT, load_candidates, read_summary, write_report
 from autoprune.report.sweep import collect, write_results
 from autoprune.report.plots import best_so_far, pareto_front
 from autoprune.study import Study, StudyInfo
@@ -98,7 +98,7 @@ def test_report_of_a_run(run, capsys, monkeypatch):
     assert "<script" not in page and "src=" not in page  # nothing to run, nothing to fetch
     assert f"{100 * policy['test_accuracy']:.2f}" in page and f"{100 * policy['base_test_accuracy']:.2f}" in page
     # every stored evaluation is a point (this run scored all at full fidelity)
-    assert _markers(svgs["progress"], 1) == len(load_candidates(run, policy)) == policy["evaluations"] == 4
+    assert _markers(svgs["progress"], 1) == len(load_candidates(run, read_summary(run)[0])) == policy["evaluations"] == 4
     # kept + pruned bars for this search and for uniform pruning: four bars per group
     groups = len(policy["kept_channels"])
     assert policy["uniform_kept_channels"].keys() == policy["kept_channels"].keys()
@@ -137,7 +137,7 @@ def test_partial_candidates_never_lead_and_latency_check_is_drawn(run, tmp_path)
                        budgets=["70%latency"], base_predicted_latency_ms=2.0, predicted_latency_ms=1.3,
                        latency_verification={"verified": True, "checked": checked, "budgets": ["70%latency"],
                                              "search_best_evaluation": 3, "chosen": checked[1]})
-    cands = load_candidates(folder, json.loads((folder / "policy.json").read_text()))
+    cands = load_candidates(folder, read_summary(folder)[0])
     assert [c["partial"] for c in cands] == [False, True, False, False, False]
     assert all(c["feasible"] and "latency_ms" in c["costs"] for c in cands)
     assert list(best_so_far(cands)[1]) == [0.3, 0.5, 0.6, 0.6]  # the partial 0.9 is no best

@@ -22,12 +22,12 @@ import logging
 from pathlib import Path
 
 from autoprune.errors import UserError
-from autoprune.report.candidates import load_candidates, read_policy
+from autoprune.report.candidates import load_candidates, read_policy, read_summary
 from autoprune.report.html import REPORT, speedup
 from autoprune.report.run import run_page
 from autoprune.report.sweep import RESULTS_JSON, RESULTS_MD, sweep_page
 
-__all__ = ["REPORT", "RESULTS_JSON", "RESULTS_MD", "load_candidates", "read_policy", "speedup", "write_report"]
+__all__ = ["REPORT", "RESULTS_JSON", "RESULTS_MD", "load_candidates", "read_policy", "read_summary", "speedup", "write_report"]
 
 log = logging.getLogger(__name__)
 

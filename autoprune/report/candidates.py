@@ -11,20 +11,26 @@ from pathlib import Path
 
 from autoprune.budget import parse_budget
 from autoprune.errors import UserError
+from autoprune.policy import Policy
+from autoprune.run_summary import RunSummary
 
 log = logging.getLogger(__name__)
 
 COSTS = ("macs", "params", "latency_ms")
 
 
-def read_policy(run: Path) -> dict:
-    try:
-        return json.loads((run / "policy.json").read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"cannot read {run / 'policy.json'}: {exc}") from None
+def read_policy(run: Path) -> Policy:
+    """The run's policy.json: its ratios, and `RunSummary.read(policy.meta)` for everything else."""
+    return Policy.load(run / "policy.json")
 
 
-def load_candidates(run: Path, policy: dict) -> list[dict]:
+def read_summary(run: Path) -> tuple[RunSummary, dict[str, float]]:
+    """The run's policy.json as (its summary, its ratios): the report reads every key through RunSummary."""
+    policy = read_policy(run)
+    return RunSummary.read(policy.meta), policy.ratios
+
+
+def load_candidates(run: Path, summary: RunSummary) -> list[dict]:
     """Every evaluation stored in the run's study, in order: index, accuracy, costs, partial, feasible.
 
     Proxy scores (MetaPruning's PruningNet weights) are not evaluations of the pruned model and stay out.
@@ -44,7 +50,7 @@ def load_candidates(run: Path, policy: dict) -> list[dict]:
             raise UserError(f"{run} has no study '{name}' in {public_url(storage)}: the report plots its evaluations")
         name = names[0]  # a run folder renamed after the search: its own file holds one study
     study = optuna.load_study(study_name=name, storage=storage)
-    budgets = policy_budgets(policy)
+    budgets = policy_budgets(summary)
     out = []
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         a = t.user_attrs
@@ -78,13 +84,12 @@ def _study_location(run: Path) -> tuple[str, str]:
     return f"sqlite:///{db.resolve()}", name
 
 
-def policy_budgets(policy: dict) -> list:
+def policy_budgets(summary: RunSummary) -> list:
     """The run's budgets as `Budget`s against its base costs; one this policy.json has no base for is left out."""
-    base = {"macs": policy.get("base_macs"), "params": policy.get("base_params"),
-            "latency_ms": policy.get("base_predicted_latency_ms")}
+    base = {"macs": summary.base_macs, "params": summary.base_params, "latency_ms": summary.base_predicted_latency_ms}
     base = {k: v for k, v in base.items() if v}
     out = []
-    for text in policy.get("budgets", []):
+    for text in summary.budgets:
         try:
             out.append(parse_budget(text, base))
         except UserError:  # a metric this policy.json has no base for: nothing to draw it against

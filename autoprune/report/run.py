@@ -9,19 +9,20 @@ from pathlib import Path
 
 import autoprune.report.plots as plots
 from autoprune.budget import human, parse_budget
-from autoprune.report.candidates import load_candidates, policy_budgets, read_policy
+from autoprune.report.candidates import load_candidates, policy_budgets, read_summary
 from autoprune.report.html import esc, figure, note, page, pct, seconds, speedup, table
+from autoprune.run_summary import RunSummary
 
 
 def run_page(run: Path) -> str:
     """The whole page of a run folder, one section after another."""
-    policy = read_policy(run)
+    policy, ratios = read_summary(run)
     cands = load_candidates(run, policy)
-    pick = policy.get("best_evaluation")
-    title = (f"{policy.get('model', '?')} · {', '.join(policy.get('budgets', []))} · agent {policy.get('agent', '?')}"
-             f" · seed {policy.get('seed', '?')}")
+    pick = policy.best_evaluation
+    title = (f"{policy.model or '?'} · {', '.join(policy.budgets)} · agent {policy.agent or '?'}"
+             f" · seed {policy.seed}")
     parts = [f"<h1>{esc(title)}</h1>", _run_facts(policy, cands), "<h2>Summary</h2>", _summary_table(policy)]
-    parts += _channels_section(policy)
+    parts += _channels_section(policy, ratios)
     parts += _evaluations_section(policy, cands, pick)
     parts += _ladder_section(policy, cands, pick)
     parts += _latency_section(policy)
@@ -29,11 +30,11 @@ def run_page(run: Path) -> str:
     return page(title, parts)
 
 
-def _channels_section(policy: dict) -> list[str]:
+def _channels_section(policy: RunSummary, ratios: dict[str, float]) -> list[str]:
     parts = ["<h2>Kept channels per group</h2>"]
-    kept, base = policy.get("kept_channels"), _group_channels(policy)
+    kept, base = policy.kept_channels, _group_channels(policy, ratios)
     if kept and base:
-        uniform = policy.get("uniform_kept_channels")
+        uniform = policy.uniform_kept_channels
         names = list(kept)
         parts.append(figure("channels", plots.channels(names, [base[n] for n in names], [kept[n] for n in names],
                                                        [uniform[n] for n in names] if uniform else None),
@@ -46,7 +47,7 @@ def _channels_section(policy: dict) -> list[str]:
                                "the uniform bars are left out."))
     else:
         parts.append(note("No per-group channel counts in policy.json (an unstructured or older run)."))
-    frozen = policy.get("frozen_groups")
+    frozen = policy.frozen_groups
     if frozen:
         parts.append(f"<h3>Groups left whole ({len(frozen)})</h3>")
         parts.append(note("Removing channels of these groups (one per chunk, or the largest prune ratio of them) "
@@ -57,16 +58,16 @@ def _channels_section(policy: dict) -> list[str]:
     return parts
 
 
-def _evaluations_section(policy: dict, cands: list[dict], pick: int | None) -> list[str]:
+def _evaluations_section(policy: RunSummary, cands: list[dict], pick: int | None) -> list[str]:
     parts = ["<h2>Every evaluation</h2>"]
     if not cands:
         return parts + [note("The study holds no evaluation.")]
-    parts.append(figure("progress", plots.progress(cands, pick, policy.get("base_heldout_accuracy")),
+    parts.append(figure("progress", plots.progress(cands, pick, policy.base_heldout_accuracy),
                         f"Held-out accuracy of each of the {len(cands)} stored evaluations in the order they "
                         "were made; the line is the best so far (full-fidelity scores only); the star is the "
                         "returned policy."))
     metric = _tradeoff_metric(policy, cands)
-    base_cost = policy.get("base_predicted_latency_ms" if metric == "latency_ms" else f"base_{metric}")
+    base_cost = getattr(policy, "base_predicted_latency_ms" if metric == "latency_ms" else f"base_{metric}")
     budgets = [b.target for b in policy_budgets(policy) if b.metric == metric]
     parts.append(figure("tradeoff", plots.tradeoff(cands, metric, base_cost, budgets, pick),
                         "Accuracy against cost of every candidate; the dashed line is the budget, the black "
@@ -75,8 +76,8 @@ def _evaluations_section(policy: dict, cands: list[dict], pick: int | None) -> l
     return parts
 
 
-def _ladder_section(policy: dict, cands: list[dict], pick: int | None) -> list[str]:
-    ladder = policy.get("ladder")
+def _ladder_section(policy: RunSummary, cands: list[dict], pick: int | None) -> list[str]:
+    ladder = policy.ladder
     if not (ladder and any(c["rung_accuracy"] for c in cands)):
         return []
     counts = ", ".join(f"{n} at {name}" for n, name in zip(ladder["candidates_per_rung"], ladder["rungs"]))
@@ -89,11 +90,11 @@ def _ladder_section(policy: dict, cands: list[dict], pick: int | None) -> list[s
                    + "The star is the returned policy: the best at the highest rung.")]
 
 
-def _latency_section(policy: dict) -> list[str]:
-    check = policy.get("latency_verification")
+def _latency_section(policy: RunSummary) -> list[str]:
+    check = policy.latency_verification
     if not (check and check.get("checked")):
         return ([note("The latency budget was not checked by measurement (--verify-latency 0).")]
-                if "predicted_latency_ms" in policy else [])
+                if policy.predicted_latency_ms is not None else [])
     relative = [parse_budget(t, {"latency_ms": 1.0}).relative for t in check.get("budgets", [])]
     chosen = (check.get("chosen") or {}).get("evaluation")
     verdict = ("the star met the budget measured" if check["verified"]
@@ -105,75 +106,71 @@ def _latency_section(policy: dict) -> list[str]:
                    f"the search; {verdict}.")]
 
 
-def _finetune_section(policy: dict) -> list[str]:
-    if "finetuned_test_accuracy" not in policy:
+def _finetune_section(policy: RunSummary) -> list[str]:
+    if policy.finetuned_test_accuracy is None:
         return []
-    history = policy.get("finetune_history")
+    history = policy.finetune_history
     if not history:
         return ["<h2>Fine-tuning</h2>",
                 note("This run was fine-tuned before the per-epoch history was kept: test accuracy "
-                     f"{pct(policy.get('test_accuracy_before_finetune'))} → "
-                     f"{pct(policy['finetuned_test_accuracy'])} %.")]
-    before = {"heldout": policy.get("heldout_accuracy"), "test": policy.get("test_accuracy_before_finetune")}
+                     f"{pct(policy.test_accuracy_before_finetune)} → "
+                     f"{pct(policy.finetuned_test_accuracy)} %.")]
+    before = {"heldout": policy.heldout_accuracy, "test": policy.test_accuracy_before_finetune}
     return ["<h2>Fine-tuning</h2>",
-            figure("finetune", plots.finetune(history, before, policy.get("finetuned_test_accuracy")),
-                   f"{policy['finetune_epochs']} epochs"
-                   f"{' with distillation' if policy.get('finetune_distill') else ''}: held-out "
+            figure("finetune", plots.finetune(history, before, policy.finetuned_test_accuracy),
+                   f"{policy.finetune_epochs} epochs"
+                   f"{' with distillation' if policy.finetune_distill else ''}: held-out "
                    "accuracy (epoch 0: the search's score) and training loss per epoch, test "
                    "accuracy before and after.")]
 
 
-def _group_channels(policy: dict) -> dict[str, int] | None:
+def _group_channels(policy: RunSummary, ratios: dict[str, float]) -> dict[str, int] | None:
     """Unpruned channels per group: policy.json's, or (older runs) kept / (1 - ratio), exact by construction."""
-    if policy.get("group_channels"):
-        return policy["group_channels"]
-    kept, ratios = policy.get("kept_channels"), policy.get("ratios", {})
+    if policy.group_channels:
+        return policy.group_channels
+    kept = policy.kept_channels
     if not kept or any(n not in ratios or ratios[n] >= 1 for n in kept):
         return None
     return {n: int(round(k / (1 - ratios[n]))) for n, k in kept.items()}
 
 
-def _tradeoff_metric(policy: dict, cands: list[dict]) -> str:
+def _tradeoff_metric(policy: RunSummary, cands: list[dict]) -> str:
     """The first budget's metric when candidates carry it (latency: the table's prediction), else MACs."""
     for b in policy_budgets(policy):
         if all(b.metric in c["costs"] for c in cands) and (b.metric != "latency_ms"
-                                                           or policy.get("base_predicted_latency_ms")):
+                                                           or policy.base_predicted_latency_ms):
             return b.metric
     return "macs"
 
 
-def _run_facts(policy: dict, cands: list[dict]) -> str:
+def _run_facts(policy: RunSummary, cands: list[dict]) -> str:
     partial = sum(c["partial"] for c in cands)
-    facts = [("weights", policy.get("weights")), ("data", policy.get("data")),
-             ("criterion", policy.get("criterion")), ("evaluations", policy.get("evaluations")),
-             ("of them partial", partial or None), ("search", seconds(policy.get("search_seconds"))),
-             ("held-out images", policy.get("heldout_images")),
-             ("returned", None if policy.get("best_evaluation") is None else
-              f"evaluation {policy['best_evaluation'] + 1}")]
+    facts = [("weights", policy.weights), ("data", policy.data), ("criterion", policy.criterion),
+             ("evaluations", policy.evaluations), ("of them partial", partial or None),
+             ("search", seconds(policy.search_seconds)), ("held-out images", policy.heldout_images),
+             ("returned", None if policy.best_evaluation is None else f"evaluation {policy.best_evaluation + 1}")]
     return "<p class=facts>" + " · ".join(f"{esc(k)} <b>{esc(v)}</b>" for k, v in facts if v is not None) + "</p>"
 
 
-def _summary_table(s: dict) -> str:
-    rows = [("MACs", human(s["base_macs"]), human(s["macs"]), f"{s['macs'] / s['base_macs']:.1%}"),
-            ("params", human(s["base_params"]), human(s["params"]), f"{s['params'] / s['base_params']:.1%}")]
-    if s.get("uniform_macs"):
-        rows.append(("MACs, uniform at the same budget", "", human(s["uniform_macs"]),
-                     f"{s['uniform_macs'] / s['base_macs']:.1%}"))
-    scored = "your evaluate function" if s.get("scored_by") == "evaluate function" else "held-out top-1"
-    for label, key in ((scored, "heldout_accuracy"), ("test top-1", "test_accuracy")):
-        if s.get(key) is not None:
-            rows.append((label, pct(s.get(f"base_{key}")), pct(s[key]),
-                         f"{100 * (s[key] - s[f'base_{key}']):+.2f} pp" if s.get(f"base_{key}") is not None else ""))
-    if s.get("finetuned_test_accuracy") is not None:
-        base = s.get("base_test_accuracy")
-        rows.append((f"test top-1, fine-tuned {s.get('finetune_epochs')} ep", "", pct(s["finetuned_test_accuracy"]),
-                     "" if base is None else f"{100 * (s['finetuned_test_accuracy'] - base):+.2f} pp"))
-    where = f"{str(s.get('latency_device', 'cpu')).upper()} latency (batch {s.get('latency_batch', 1)})"
-    if s.get("latency_ms") and s.get("base_latency_ms"):
-        rows.append((f"{where}, measured", f"{s['base_latency_ms']:.2f} ms", f"{s['latency_ms']:.2f} ms",
-                     speedup(s["base_latency_ms"], s["latency_ms"])))
-    if s.get("predicted_latency_ms"):
-        rows.append((f"{where}, lookup table", f"{s['base_predicted_latency_ms']:.2f} ms",
-                     f"{s['predicted_latency_ms']:.2f} ms",
-                     speedup(s["base_predicted_latency_ms"], s["predicted_latency_ms"])))
+def _summary_table(s: RunSummary) -> str:
+    rows = [("MACs", human(s.base_macs), human(s.macs), f"{s.macs / s.base_macs:.1%}"),
+            ("params", human(s.base_params), human(s.params), f"{s.params / s.base_params:.1%}")]
+    if s.uniform_macs:
+        rows.append(("MACs, uniform at the same budget", "", human(s.uniform_macs), f"{s.uniform_macs / s.base_macs:.1%}"))
+    scored = "your evaluate function" if s.scored_by == "evaluate function" else "held-out top-1"
+    for label, value, base in ((scored, s.heldout_accuracy, s.base_heldout_accuracy),
+                               ("test top-1", s.test_accuracy, s.base_test_accuracy)):
+        if value is not None:
+            rows.append((label, pct(base), pct(value), "" if base is None else f"{100 * (value - base):+.2f} pp"))
+    if s.finetuned_test_accuracy is not None:
+        base = s.base_test_accuracy
+        rows.append((f"test top-1, fine-tuned{f' {s.finetune_epochs} ep' if s.finetune_epochs else ''}", "", pct(s.finetuned_test_accuracy),
+                     "" if base is None else f"{100 * (s.finetuned_test_accuracy - base):+.2f} pp"))
+    where = f"{(s.latency_device or 'cpu').upper()} latency (batch {s.latency_batch})"
+    if s.latency_ms and s.base_latency_ms:
+        rows.append((f"{where}, measured", f"{s.base_latency_ms:.2f} ms", f"{s.latency_ms:.2f} ms",
+                     speedup(s.base_latency_ms, s.latency_ms)))
+    if s.predicted_latency_ms:
+        rows.append((f"{where}, lookup table", f"{s.base_predicted_latency_ms:.2f} ms",
+                     f"{s.predicted_latency_ms:.2f} ms", speedup(s.base_predicted_latency_ms, s.predicted_latency_ms)))
     return table(("", "unpruned", "pruned", "ratio"), rows, cls="summary")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import autoprune.report.plots as plots
 from autoprune.errors import UserError
-from autoprune.report.candidates import load_candidates, read_policy
+from autoprune.report.candidates import load_candidates, read_summary
 from autoprune.report.html import REPORT, Raw, esc, figure, note, page, pct, seconds, table
 
 RESULTS_JSON, RESULTS_MD = "sweep_results.json", "sweep_results.md"
@@ -35,7 +35,7 @@ def sweep_page(sweep: Path) -> str:
             continue
         run = sweep / Path(r["policy"]).parent
         try:
-            cands = load_candidates(run, read_policy(run))
+            cands = load_candidates(run, read_summary(run)[0])
         except UserError as exc:
             missing.append(str(exc))
             continue
