@@ -25,11 +25,17 @@ among the candidates at the highest rung any candidate reached.
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from torch import nn
+
+if TYPE_CHECKING:  # the ladder climbs through the problem's own scoring; the problem imports this module
+    from autoprune.problem import Problem
 
 RUNGS = ("quick", "full", "finetune")
 TOP = len(RUNGS) - 1  # the top rung of a ladder with a fine-tune
@@ -73,8 +79,6 @@ class Ladder:
 
     def finetune(self, model: nn.Module, teacher: nn.Module | None, device: torch.device) -> float:
         """Train `model` in place for `steps` SGD steps on the training split; returns seconds."""
-        import time
-
         from autoprune.train import TrainConfig, train
 
         start = time.perf_counter()
@@ -87,3 +91,60 @@ class Ladder:
         return {"eta": self.eta, "steps": self.steps, "distill": self.distill, "lr": self.lr,
                 "batch_size": self.batch_size, "rungs": list(RUNGS[:self.top + 1]),
                 "candidates_per_rung": [len(r) for r in self.rewards]}
+
+
+def climb(problem: Problem, batch: list[tuple[np.ndarray, dict[str, float]]],
+          judges: list) -> list[tuple[dict, dict[str, float]]]:
+    """Problem.evaluate_many's fresh policies on `problem.ladder`: every policy of the batch scored at rung 0,
+    then the rung's winners -- by `judges` where given, else the ladder's rule over the pool of this rung --
+    scored at the next. Returns (accuracy dict with its rung and per-rung accuracies, seconds) per policy."""
+    ladder = problem.ladder
+    accs: list[list[float]] = [[] for _ in batch]
+    seconds = [dict.fromkeys(("prune", "reconstruct", "forward", "finetune"), 0.0) for _ in batch]
+    top5: list = [None] * len(batch)
+    models: dict[int, nn.Module] = {}
+    alive = list(range(len(batch)))
+    for rung in range(ladder.top + 1):
+        for i in alive:
+            acc, models[i] = _score_rung(problem, batch[i][0], rung, models.get(i), seconds[i])
+            accs[i].append(acc["top1"])
+            top5[i] = acc.get("top5")
+        rewards = {i: float(problem.reward_fn(accs[i][-1], batch[i][1])) for i in alive}
+        for i in alive:
+            ladder.rewards[rung].append(rewards[i])
+        if rung == ladder.top:
+            break
+        alive = [i for i in alive
+                 if (judges[i](rung, rewards[i]) if judges[i] is not None else ladder.promotable(rung, rewards[i]))]
+        for i in list(models):  # only the climbers' models are needed further up
+            if i not in alive:
+                del models[i]
+    return [({"top1": a[-1], "top5": top5[i], "rung": len(a) - 1, "rung_accuracy": a}, seconds[i])
+            for i, a in enumerate(accs)]
+
+
+def _score_rung(problem: Problem, ratios: np.ndarray, rung: int, model: nn.Module | None,
+                seconds: dict[str, float]) -> tuple[dict, nn.Module]:
+    """(accuracy dict, the model) of one policy at one rung; rung 2 trains rung 1's `model` further."""
+    t0 = time.perf_counter()
+    if rung == 0:
+        model = problem.prune(ratios)
+        t1 = time.perf_counter()
+        if problem.reconstructor is not None:
+            problem.reconstructor(model, problem.space.kept(ratios), quick=True)
+        t2 = time.perf_counter()
+        acc = problem.evaluator.quick(model)
+        seconds["prune"] += t1 - t0
+        seconds["reconstruct"] += t2 - t1
+        seconds["forward"] += time.perf_counter() - t2
+    elif rung == 1:
+        acc, s = problem.score(ratios, keep=True)
+        model = acc.pop("model")
+        for k, v in s.items():
+            seconds[k] += v
+    else:
+        seconds["finetune"] += problem.ladder.finetune(model, problem.model, problem.evaluator.device)
+        t1 = time.perf_counter()
+        acc = problem.evaluator(model, recalibrate=False)
+        seconds["forward"] += time.perf_counter() - t1
+    return acc, model

@@ -21,6 +21,7 @@ from autoprune.budget import Budget, BudgetSet
 from autoprune.cost import CostModel, analytic_cost_models
 from autoprune.errors import UserError
 from autoprune.evaluate import Evaluator
+from autoprune.ladder import climb
 from autoprune.policy import Policy
 from autoprune.study import Study
 
@@ -227,7 +228,7 @@ class Problem:
                     judges.setdefault(p[1], promote[i])
         t1 = time.perf_counter()
         if self.ladder is not None:
-            scores = dict(zip(fresh, self._climb(list(fresh.values()), [judges.get(k) for k in fresh])))
+            scores = dict(zip(fresh, climb(self, list(fresh.values()), [judges.get(k) for k in fresh])))
         else:
             scores = dict(zip(fresh, self._score_all(list(fresh.values()))))
         t2 = time.perf_counter()
@@ -288,60 +289,6 @@ class Problem:
                 top = reward if top is None else max(top, reward)
             out.append((acc, seconds))
         return out
-
-    def _climb(self, batch: list[tuple[np.ndarray, dict[str, float]]],
-               judges: list) -> list[tuple[dict, dict[str, float]]]:
-        """The ladder (autoprune.ladder): every policy of the batch scored at rung 0, then the rung's winners
-        -- by `judges` where given, else the ladder's rule over the pool of this rung -- scored at the next."""
-        ladder = self.ladder
-        accs: list[list[float]] = [[] for _ in batch]
-        seconds = [dict.fromkeys(("prune", "reconstruct", "forward", "finetune"), 0.0) for _ in batch]
-        top5: list = [None] * len(batch)
-        models: dict[int, nn.Module] = {}
-        alive = list(range(len(batch)))
-        for rung in range(ladder.top + 1):
-            for i in alive:
-                acc, models[i] = self._score_rung(batch[i][0], rung, models.get(i), seconds[i])
-                accs[i].append(acc["top1"])
-                top5[i] = acc.get("top5")
-            rewards = {i: float(self.reward_fn(accs[i][-1], batch[i][1])) for i in alive}
-            for i in alive:
-                ladder.rewards[rung].append(rewards[i])
-            if rung == ladder.top:
-                break
-            alive = [i for i in alive
-                     if (judges[i](rung, rewards[i]) if judges[i] is not None else ladder.promotable(rung, rewards[i]))]
-            for i in list(models):  # only the climbers' models are needed further up
-                if i not in alive:
-                    del models[i]
-        return [({"top1": a[-1], "top5": top5[i], "rung": len(a) - 1, "rung_accuracy": a}, seconds[i])
-                for i, a in enumerate(accs)]
-
-    def _score_rung(self, ratios: np.ndarray, rung: int, model: nn.Module | None,
-                    seconds: dict[str, float]) -> tuple[dict, nn.Module]:
-        """(accuracy dict, the model) of one policy at one rung; rung 2 trains rung 1's `model` further."""
-        t0 = time.perf_counter()
-        if rung == 0:
-            model = self.prune(ratios)
-            t1 = time.perf_counter()
-            if self.reconstructor is not None:
-                self.reconstructor(model, self.space.kept(ratios), quick=True)
-            t2 = time.perf_counter()
-            acc = self.evaluator.quick(model)
-            seconds["prune"] += t1 - t0
-            seconds["reconstruct"] += t2 - t1
-            seconds["forward"] += time.perf_counter() - t2
-        elif rung == 1:
-            acc, s = self.score(ratios, keep=True)
-            model = acc.pop("model")
-            for k, v in s.items():
-                seconds[k] += v
-        else:
-            seconds["finetune"] += self.ladder.finetune(model, self.model, self.evaluator.device)
-            t1 = time.perf_counter()
-            acc = self.evaluator(model, recalibrate=False)
-            seconds["forward"] += time.perf_counter() - t1
-        return acc, model
 
     def score(self, ratios: np.ndarray, stop: Callable[[float], bool] | None = None,
               keep: bool = False) -> tuple[dict, dict[str, float]]:
