@@ -19,7 +19,7 @@ if [ "${1:-}" = "dev" ] && ! command -v chromium >/dev/null; then  # the report'
     || echo "setup: chromium could not be installed; tests/test_report.py skips its browser test" >&2
 fi
 if [ "${1:-}" = "dev" ]; then
-  echo "autoprune installed with the test extra: run .venv/bin/python -m pytest -q"
+  echo "autoprune installed with the test extra: run .venv/bin/python -m pytest -q -n auto --maxprocesses 4 --dist loadgroup"
 else
   echo "autoprune installed: run .venv/bin/autoprune search --budget 50%FLOPs resnet20"
 fi

@@ -54,6 +54,18 @@ def surrogate_problem(graphs) -> Callable[..., Problem]:
     return make
 
 
+# Modules that start Ray (sweeps, --workers): with pytest-xdist (the README's `-n auto --dist loadgroup`)
+# they share one worker, so two local Ray clusters never compete for the cores; every other module is
+# its own group, so a module's fixtures are built once, on one worker.
+RAY_MODULES = frozenset({"test_tune", "test_workers", "test_searcher_contract"})
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        module = item.module.__name__.rpartition(".")[2]
+        item.add_marker(pytest.mark.xdist_group("ray" if module in RAY_MODULES else module))
+
+
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 needs_fashion = pytest.mark.skipif(not (FASHION / "train-images-idx3-ubyte.gz").exists(),
                                    reason="Fashion-MNIST is not installed in /usr/share/datasets/fashion-mnist")

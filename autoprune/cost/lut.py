@@ -121,9 +121,10 @@ class LatencyTable:
         return None if point is None else self.normalised(point)
 
     def save(self, path: Path) -> None:
-        """Atomic write (temp file + rename): an interrupt never leaves a truncated table."""
+        """Atomic write (temp file + rename): an interrupt never leaves a truncated table, and two searches
+        profiling the same model at once (two shells, parallel tests) each rename their own file."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps({"format": FORMAT, "version": VERSION, **asdict(self)}, indent=1) + "\n")
         os.replace(tmp, path)
 
