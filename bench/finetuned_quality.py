@@ -128,7 +128,8 @@ def parse_value(v: str):
 
 def apply_row_extras(rows: dict[str, dict], specs: list[str]) -> dict[str, dict]:
     """--row-extra NAME:key=value,key=value: more SearchConfig fields for row NAME (a new searcher row when
-    NAME is unknown and `agent=` is given; `agent=` and `evals=` set the row's agent and evaluations)."""
+    NAME is unknown and `agent=` is given; `agent=` and `evals=` set the row's agent and evaluations;
+    `ignore=a+b` the modules whose groups stay whole, as --ignore a --ignore b)."""
     rows = copy.deepcopy(rows)
     for spec in specs:
         name, sep, pairs = spec.partition(":")
@@ -143,6 +144,8 @@ def apply_row_extras(rows: dict[str, dict], specs: list[str]) -> dict[str, dict]
                 raise SystemExit(f"--row-extra {spec!r}: {pair!r} is not key=value")
             if key in ("agent", "evals"):
                 row[key] = parse_value(value)
+            elif key == "ignore":  # SearchConfig.ignore, a list of module names: ignore=a+b
+                row.setdefault("extra", {})[key] = value.split("+")
             else:
                 row.setdefault("extra", {})[key] = parse_value(value)
         if "agent" not in row:
