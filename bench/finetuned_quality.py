@@ -98,6 +98,9 @@ ROWS: dict[str, dict] = {
     "global": {"kind": "searcher", "agent": "global", "evals": 1},
     "tp-global": {"kind": "tp-global"},
     "modelopt-fastnas": {"kind": "external"},  # read from modelopt_fastnas-*.json, never run here
+    # FastNAS's widths (that bench's result file, this combo's row) through autoprune's pipeline: bench/fastnas_widths.py
+    "fastnas-widths": {"kind": "searcher", "agent": f"{Path(__file__).resolve().parent / 'fastnas_widths.py'}:FastNASWidths",
+                       "evals": 1, "extra": {"max_ratio": 0.95}, "combo_options": True},
 }
 DEFAULT_ROWS = ("tpe", "uniform", "tp-global", "global", "random")
 BASELINES = ("uniform", "global", "tp-global", "modelopt-fastnas")
@@ -129,7 +132,8 @@ def parse_value(v: str):
 def apply_row_extras(rows: dict[str, dict], specs: list[str]) -> dict[str, dict]:
     """--row-extra NAME:key=value,key=value: more SearchConfig fields for row NAME (a new searcher row when
     NAME is unknown and `agent=` is given; `agent=` and `evals=` set the row's agent and evaluations;
-    `ignore=a+b` the modules whose groups stay whole, as --ignore a --ignore b)."""
+    `ignore=a+b` the modules whose groups stay whole, as --ignore a --ignore b; `opt.KEY=VALUE` an
+    --agent-option)."""
     rows = copy.deepcopy(rows)
     for spec in specs:
         name, sep, pairs = spec.partition(":")
@@ -146,6 +150,8 @@ def apply_row_extras(rows: dict[str, dict], specs: list[str]) -> dict[str, dict]
                 row[key] = parse_value(value)
             elif key == "ignore":  # SearchConfig.ignore, a list of module names: ignore=a+b
                 row.setdefault("extra", {})[key] = value.split("+")
+            elif key.startswith("opt."):  # an --agent-option: opt.KEY=VALUE
+                row.setdefault("extra", {}).setdefault("agent_options", {})[key[4:]] = parse_value(value)
             else:
                 row.setdefault("extra", {})[key] = parse_value(value)
         if "agent" not in row:
@@ -232,9 +238,11 @@ def search_config(args: argparse.Namespace, model: str, budget: str, seed: int, 
     spec = args.row_table[row]
     agent = spec.get("agent", "uniform")
     evals = spec.get("evals") or args.evals
+    fields = {"reconstruct": True, "reconstruct_top": args.reconstruct_top} | spec.get("extra", {})  # a row may turn the refit off
+    if spec.get("combo_options"):  # the searcher is told the combo it runs in
+        fields["agent_options"] = {"model": model, "budget": budget} | fields.get("agent_options", {})
     return SearchConfig(model=model, budgets=[budget], agent=agent, evals=evals, seed=seed, heldout=args.heldout,
-                        calib_batches=args.calib_batches, reconstruct=True, reconstruct_top=args.reconstruct_top,
-                        device=args.device, threads=args.threads, out=out, **spec.get("extra", {}))
+                        calib_batches=args.calib_batches, device=args.device, threads=args.threads, out=out, **fields)
 
 
 def run_searcher_row(args, model: str, budget: str, seed: int, row: str) -> dict:
@@ -356,7 +364,7 @@ def external_rows(out_dir: Path) -> tuple[list[dict], list[str]]:
                          "evaluations": r.get("evaluations", r.get("candidates")),
                          "macs_pct": None if macs is None else macs * 100 if macs <= 1.5 else macs,
                          "heldout": _frac(r.get("heldout")), "test": _frac(r.get("test")),
-                         "finetuned_test": _frac(r.get("finetuned_test"))})
+                         "test_bn": _frac(r.get("test_bn")), "finetuned_test": _frac(r.get("finetuned_test"))})
     return rows, files
 
 
@@ -399,6 +407,20 @@ def margin(parts: list[dict], model: str, budget: str, row: str) -> dict | None:
     return {"per_seed": per_seed, "median_pp": med, "target_pp": target, "met": med >= target}
 
 
+def proxy_rank(points: list[dict]) -> dict | None:
+    """How well the score a search ranks by predicts what a user keeps: Spearman of the test accuracy before the
+    fine-tune (after adaptive BN; an external row's `test_bn`, as its raw `test` had no BN recalibration) with the
+    fine-tuned test accuracy, over every (row, seed) of one model and budget."""
+    from scipy.stats import spearmanr
+
+    pairs = [(p.get("test_bn", p.get("test")), p["finetuned_test"]) for p in points
+             if p.get("finetuned_test") is not None and p.get("test_bn", p.get("test")) is not None]
+    if len(pairs) < 5:
+        return None
+    rho = spearmanr(*zip(*pairs)).statistic
+    return {"spearman": None if math.isnan(rho) else float(rho), "n": len(pairs)}
+
+
 def aggregate(args: argparse.Namespace) -> dict:
     parts = load_parts(args.out_dir)
     ext, ext_files = external_rows(args.out_dir)
@@ -435,7 +457,8 @@ def aggregate(args: argparse.Namespace) -> dict:
             margins = {r: margin(everything, model, budget, r) for r in rows
                        if args.row_table.get(r, {}).get("kind") == "searcher" and r not in ("uniform", "global")}
             tables[f"{model} {budget}"] = {"model": model, "budget": budget, "rows": table,
-                                           "margins": {k: v for k, v in margins.items() if v}}
+                                           "margins": {k: v for k, v in margins.items() if v},
+                                           "proxy_rank": proxy_rank(here)}
     commits = sorted({p["code"]["commit"] for p in parts if p.get("code")})
     dirty = sorted({f for p in parts for f in (p.get("code") or {}).get("changed_files", [])})
     loads = [max(p["loadavg_start"][0], p["loadavg_end"][0]) for p in parts if p.get("loadavg_start")]
@@ -527,6 +550,10 @@ def markdown(result: dict) -> str:
             n_base = sorted({b for d in mg["per_seed"].values() for b in d["baselines"]})
             lines += ["", f"Margin {row} − best of {{{', '.join(n_base)}}} (fine-tuned test, pp): {seeds}; "
                       f"median {mg['median_pp']:+.2f} pp over {len(mg['per_seed'])} seed(s); {verdict}."]
+        if t.get("proxy_rank") and t["proxy_rank"]["spearman"] is not None:
+            pr = t["proxy_rank"]
+            lines += ["", f"Test before the fine-tune (after adaptive BN; FastNAS: `test_bn`) against fine-tuned test, over "
+                      f"all {pr['n']} row × seed points: Spearman {pr['spearman']:+.2f}."]
     if result["missing"]:
         lines += ["", f"Not present ({len(result['missing'])} parts this command plans): " + "; ".join(result["missing"]) + "."]
     return "\n".join(lines) + "\n"
