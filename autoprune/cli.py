@@ -116,6 +116,8 @@ def search(
     finetune_epochs: Annotated[int, typer.Option(help="Fine-tune the best policy for N epochs afterwards.")] = 0,
     distill: Annotated[bool, typer.Option(help="Fine-tune with the unpruned model as teacher (KL on logits, "
                                           "T=4, plus cross-entropy).")] = False,
+    finetune_start: Annotated[str, typer.Option(help="The fine-tune starts from the refitted pruned model (refit) "
+                                                "or from the kept channels' own weights (plain).")] = "refit",
     reconstruct: Annotated[bool | None, typer.Option(
         "--reconstruct/--no-reconstruct", help="Refit the pruned layers by least squares to the unpruned model's "
         "outputs on 256 calibration images. Default: on wherever it applies (channel space, image-tensor "
@@ -183,7 +185,7 @@ def search(
                        seed=seed, out=out, storage=storage, resume=resume, device=device, space=space,
                        max_ratio=max_ratio, round_to=round_to, criterion=criterion, heldout=heldout,
                        calib_batches=calib_batches, finetune_epochs=finetune_epochs, distill=distill,
-                       reconstruct=reconstruct, reconstruct_top=reconstruct_top, fidelity=fidelity,
+                       finetune_start=finetune_start, reconstruct=reconstruct, reconstruct_top=reconstruct_top, fidelity=fidelity,
                        ladder_steps=ladder_steps, ladder_eta=ladder_eta, ladder_distill=ladder_distill,
                        ignore=list(ignore),
                        prune_stem=prune_stem, stem_max_ratio=stem_max_ratio,
@@ -290,6 +292,8 @@ def finetune(
                                           "KL(teacher || student) on logits softened by T.")] = False,
     temperature: Annotated[float, typer.Option(help="Distillation temperature T.")] = 4.0,
     distill_weight: Annotated[float, typer.Option(help="Distillation weight w in [0, 1].")] = 0.5,
+    start: Annotated[str, typer.Option(help="Start from the refitted pruned model (refit: pruned.pt) or from the "
+                                       "kept channels' own weights (plain), for a run that refitted.")] = "refit",
     device: DeviceOpt = "auto",
 ) -> None:
     """Fine-tune a search's pruned model on the training split; reports test accuracy before/after."""
@@ -298,7 +302,8 @@ def finetune(
     if not (run / "policy.json").exists():
         raise UserError(f"{run} is not a run folder (no policy.json)")
     result = finetune_run(run, epochs, lr=lr, batch_size=batch_size, device=device, distill=distill,
-                          temperature=temperature, distill_weight=distill_weight, on_epoch=lambda e, row: console.print(
+                          temperature=temperature, distill_weight=distill_weight, start=start,
+                          on_epoch=lambda e, row: console.print(
         f"epoch {row['epoch']}/{epochs}: loss {row['loss']:.4f}, held-out {row['heldout_accuracy']:.4f}"))
     console.print(f"test accuracy {result['test_accuracy_before_finetune']:.4f} -> "
                   f"{result['finetuned_test_accuracy']:.4f}; wrote {run / 'finetuned.pt'}")

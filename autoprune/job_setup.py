@@ -20,6 +20,7 @@ from autoprune.data import DataBundle, load_data
 from autoprune.device import resolve_device
 from autoprune.errors import UserError
 from autoprune.evaluate import Evaluator, FunctionEvaluator
+from autoprune.finetune import FINETUNE_STARTS
 from autoprune.graph import build_graph
 from autoprune.importance import CRITERIA, DATA_CRITERIA
 from autoprune.policy import Policy
@@ -48,6 +49,7 @@ class SearchConfig:
     calib_batches: int = 20
     finetune_epochs: int = 0
     distill: bool = False  # fine-tune with the unpruned model as teacher
+    finetune_start: str = "refit"  # the fine-tune's starting weights: "refit" or "plain" (autoprune.finetune)
     # Least-squares refit of the pruned layers (autoprune.reconstruct). None: on wherever it applies (channel
     # space, image-tensor inputs); it lifted ResNet-20 at 50% FLOPs from 86.3 to 91.9% test (tpe, 60 evaluations,
     # bench/results/engine_settings-50pctFLOPs-60evals.md). True: on, refused where it cannot apply.
@@ -125,6 +127,8 @@ def check_config(cfg: SearchConfig) -> None:
         raise UserError("--workers must be at least 1")
     if cfg.batch < 1 or (cfg.threads is not None and cfg.threads < 1):
         raise UserError("--batch and --threads must be at least 1")
+    if cfg.finetune_start not in FINETUNE_STARTS:
+        raise UserError(f"--finetune-start must be one of {', '.join(FINETUNE_STARTS)}, got '{cfg.finetune_start}'")
 
 
 @dataclass

@@ -31,11 +31,12 @@ BASE_MODEL_FILE = "base_model.pt"  # a Python API run's unpruned model: policy.j
 
 
 def load_run_model(policy_path: Path, *, weights: str | None = None, data: str | None = None,
-                   device: str = "auto", recalibrate: bool = True) -> LoadedRun:
+                   device: str = "auto", recalibrate: bool = True, refit: bool = True) -> LoadedRun:
     """Base model (from the policy's model/weights/data, or overrides) pruned as the policy says.
 
     BN statistics are recalibrated on training batches, as during the search, unless the
-    caller asks otherwise, so the rebuilt model scores what the search reported.
+    caller asks otherwise, so the rebuilt model scores what the search reported. `refit=False`
+    leaves out the least-squares refit of a run that refitted (a fine-tune's other starting point).
     """
     if not Path(policy_path).exists():
         raise UserError(f"policy file not found: {policy_path}")
@@ -61,7 +62,7 @@ def load_run_model(policy_path: Path, *, weights: str | None = None, data: str |
         data_bundle = data_bundle.with_channels(bundle.in_channels)
     calib = calibration_batches(data_bundle.train, meta.calib_batches, CALIB_BATCH, meta.seed)
     pruned, graph = prune_as_policy(base, policy, calib if recalibrate or meta.reconstruction else None,
-                                    device, recalibrate=recalibrate,
+                                    device, recalibrate=recalibrate, refit=refit,
                                     input_shape=(data_bundle.in_channels, *data_bundle.input_size))
     return LoadedRun(policy, base, pruned, graph, data_bundle)
 
@@ -71,12 +72,13 @@ PYTHON_DATA = "python objects"  # its "data" when the splits were handed over as
 
 
 def prune_as_policy(base: nn.Module, policy: Policy, calib: list | None, device: str = "auto", *,
-                    recalibrate: bool = True, input_shape: tuple | None = None,
+                    recalibrate: bool = True, refit: bool = True, input_shape: tuple | None = None,
                     example_inputs=None) -> tuple[nn.Module, PruningGraph]:
     """A pruned copy of `base` as `policy` (with its policy.json meta) says: the same groups, kept channels,
-    channel ranking, least-squares refit when the search refitted, then adaptive BN on `calib` (None: no
-    recalibration, for a model without BN or a caller who recalibrates itself). `input_shape` stands in
-    for a policy.json that does not record it; `example_inputs` for a search traced with the user's own."""
+    channel ranking, least-squares refit when the search refitted (and `refit`), then adaptive BN on `calib`
+    (None: no recalibration, for a model without BN or a caller who recalibrates itself). `input_shape`
+    stands in for a policy.json that does not record it; `example_inputs` for a search traced with the
+    user's own."""
     meta = RunSummary.read(policy.meta)
     if meta.example_inputs and example_inputs is None:
         raise UserError(f"this policy's search traced the model with your example_inputs (a "
@@ -102,7 +104,7 @@ def prune_as_policy(base: nn.Module, policy: Policy, calib: list | None, device:
     criterion, seed = meta.criterion, meta.seed
     pruned = apply_policy(base, graph, kept_vec, criterion=criterion, seed=seed, orders=orders)
     dev = resolve_device(device)
-    if meta.reconstruction:  # the search refitted its model on these calibration images: so do we
+    if meta.reconstruction and refit:  # the search refitted its model on these calibration images: so do we
         if calib is None:
             raise UserError("this policy's search refitted the pruned layers by least squares: give training "
                             "data to refit the same way")

@@ -13,8 +13,8 @@ from autoprune.policy import POLICY_VERSION
 
 VERSION = POLICY_VERSION  # policy.json's "version": Policy.load refuses a newer one
 # What `autoprune finetune` (autoprune.finetune.finetune_run) adds to a run's policy.json afterwards.
-FINETUNE_KEYS = ("finetune_epochs", "finetune_lr", "finetune_distill", "distill_temperature", "distill_weight",
-                 "test_accuracy_before_finetune", "finetuned_test_accuracy", "finetuned_heldout_accuracy",
+FINETUNE_KEYS = ("finetune_epochs", "finetune_lr", "finetune_distill", "finetune_start", "distill_temperature",
+                 "distill_weight", "test_accuracy_before_finetune", "finetuned_test_accuracy", "finetuned_heldout_accuracy",
                  "finetune_history")
 # Written only when set: a run without a ladder, a latency budget or a front has no such key at all.
 OPTIONAL = frozenset({"ladder_heldout_accuracy", "ladder", "latency_verification", "predicted_latency_ms",
@@ -84,6 +84,7 @@ class RunSummary:
     finetune_epochs: int | None = None
     finetune_lr: float | None = None
     finetune_distill: bool | None = None
+    finetune_start: str | None = None  # "refit" or "plain": the weights the fine-tune started from
     distill_temperature: float | None = None
     distill_weight: float | None = None
     test_accuracy_before_finetune: float | None = None

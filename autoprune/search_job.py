@@ -297,7 +297,8 @@ def _finetune(out: Path, setup: Setup, policy: Policy, pruned: torch.nn.Module, 
         from autoprune.rebuild import LoadedRun
 
         loaded = LoadedRun(policy, setup.bundle.model, copy.deepcopy(pruned), setup.problem.space.graph, setup.data)
-    return finetune_run(out, cfg.finetune_epochs, device=cfg.device, distill=cfg.distill, loaded=loaded)
+    return finetune_run(out, cfg.finetune_epochs, device=cfg.device, distill=cfg.distill, loaded=loaded,
+                        start=cfg.finetune_start)
 
 
 def warn_if_chance(base_heldout: float, num_classes: int) -> None:

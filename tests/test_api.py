@@ -62,6 +62,18 @@ def test_search_a_module_on_user_dataloaders(splits, tmp_path):
     assert [p.shape for p in by_hand.parameters()] == [p.shape for p in result.pruned_model.parameters()]
 
 
+def test_a_fine_tune_from_plain_starts_below_the_refitted_model(splits):
+    """finetune_start="plain" on objects in memory: the fine-tune starts from the kept channels' own weights,
+    which test below the refitted model the search returned (shipped weights, 50% FLOPs), and says so."""
+    train, heldout, test = splits
+    result = autoprune.search(shipped_resnet20(), "50%FLOPs", train=train, heldout=heldout, test=test,
+                              finetune_epochs=1, finetune_start="plain", **FAST)
+    summary = result.run_summary
+    assert summary.reconstruction and summary.finetune_start == "plain"
+    assert summary.test_accuracy_before_finetune < result.test_accuracy - 0.02
+    assert summary.finetuned_test_accuracy > summary.test_accuracy_before_finetune
+
+
 def test_search_with_the_users_evaluate_function(splits):
     train, heldout, _ = splits
     calls = []

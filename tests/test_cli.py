@@ -21,6 +21,8 @@ from typer.testing import CliRunner
 
 from autoprune.cli import app
 from autoprune.data import _read_idx
+from autoprune.evaluate import accuracy
+from autoprune.rebuild import load_run_model
 from autoprune.run_summary import FINETUNE_KEYS, RunSummary
 from autoprune.zoo import build_model
 
@@ -229,7 +231,7 @@ def test_data_aware_criterion_and_stem_cap_reach_the_policy_and_apply(env):
 @pytest.mark.parametrize("case", [
     "unknown-model", "unknown-dataset", "unknown-agent", "malformed-budget", "infeasible-budget",
     "missing-data-dir", "unreadable-checkpoint", "mismatched-checkpoint", "untraceable-model",
-    "missing-weights-path-with-brackets",
+    "missing-weights-path-with-brackets", "unknown-finetune-start",
 ])
 def test_bad_input_exits_2_with_one_line(case, env, tmp_path, capsys, monkeypatch):
     monkeypatch.syspath_prepend(str(env["mods"]))
@@ -258,6 +260,9 @@ def test_bad_input_exits_2_with_one_line(case, env, tmp_path, capsys, monkeypatc
         "missing-weights-path-with-brackets": (
             ["search", "resnet20", "--budget", "50%FLOPs", "--weights", str(tmp_path / "[/x]" / "w.pt"), *data],
             ["weights file not found", "[/x]"]),
+        "unknown-finetune-start": (["search", "resnet20", "--budget", "50%FLOPs", "--weights", "random",
+                                    "--finetune-epochs", "1", "--finetune-start", "warm", *data],
+                                   ["--finetune-start", "refit, plain", "warm"]),
     }
     args, words = cases[case]
     code, _, err = _main(args + base, capsys, monkeypatch)
@@ -311,6 +316,26 @@ def test_finetune_with_distillation_records_it(run, env, tmp_path, capsys, monke
     assert RunSummary.read(meta).extra == {}
     code, _, err = _main(["finetune", str(folder), "--distill", "--distill-weight", "1.5"], capsys, monkeypatch)
     _assert_one_line_error(code, err, None, "--distill-weight")
+
+
+def test_finetune_from_plain_starts_from_the_kept_channels_own_weights(run, env, tmp_path, capsys, monkeypatch):
+    """--start plain trains the pruned model without the search's least-squares refit (the weights differ from
+    pruned.pt's) and records it; a start that does not exist is one line, exit 2, before anything loads."""
+    folder = tmp_path / run.name
+    shutil.copytree(run, folder)
+    assert json.loads((folder / "policy.json").read_text())["reconstruction"]  # the search refitted
+    plain = load_run_model(folder / "policy.json", device="cpu", refit=False)
+    refit = load_run_model(folder / "policy.json", device="cpu")
+    assert any(not torch.equal(a, b) for a, b in zip(plain.pruned.state_dict().values(),
+                                                       refit.pruned.state_dict().values()))
+    expected = accuracy(plain.pruned, plain.data.test, torch.device("cpu"))["top1"]
+    result = _invoke("finetune", str(folder), "--epochs", "1", "--lr", "0.05", "--batch-size", "32", "--start", "plain")
+    assert result.exit_code == 0, result.output
+    meta = json.loads((folder / "policy.json").read_text())
+    assert meta["finetune_start"] == "plain"
+    assert meta["test_accuracy_before_finetune"] == pytest.approx(expected, abs=1e-12)
+    code, _, err = _main(["finetune", str(folder), "--start", "warm"], capsys, monkeypatch)
+    _assert_one_line_error(code, err, None, "refit, plain", "warm")
 
 
 def test_train_writes_weights_and_model_card(env, tmp_path):
