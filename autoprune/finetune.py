@@ -44,7 +44,7 @@ def finetune_run(run: Path, epochs: int, *, lr: float = 0.01, batch_size: int = 
     if temperature <= 0 or not 0.0 <= distill_weight <= 1.0:
         raise UserError("--temperature must be positive and --distill-weight in [0, 1]")
     if start not in FINETUNE_STARTS:
-        raise UserError(f"the fine-tune's start must be one of {', '.join(FINETUNE_STARTS)}, got '{start}'")
+        raise UserError(f"--start must be one of {', '.join(FINETUNE_STARTS)}, got '{start}'")
     dev = resolve_device(device)
     loaded = starting_point(run, loaded, start, device)
     pruned, data = loaded.pruned, loaded.data

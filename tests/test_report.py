@@ -257,3 +257,18 @@ def test_reports_render_in_headless_chromium(run, sweep, tmp_path):
             assert plot["width"] > 300 and plot["height"] > 150, plot
             assert plot["shapes"] > 20 and plot["caption"].strip(), plot
     assert any("Content Security Policy" in e for e in pages["control"]["errors"]), pages["control"]
+
+
+def test_a_fine_tune_from_the_plain_model_says_so_and_draws_no_refitted_epoch_0():
+    """The search's held-out score is the refitted model's: a fine-tune that started from the plainly pruned one
+    must not be drawn as starting there."""
+    from autoprune.report.run import _finetune_section
+    from autoprune.run_summary import RunSummary
+
+    common = dict(model="resnet20", heldout_accuracy=0.88, test_accuracy_before_finetune=0.55,
+                  finetuned_test_accuracy=0.92, finetune_epochs=1,
+                  finetune_history=[{"epoch": 1, "loss": 0.2, "heldout_accuracy": 0.9}])
+    plain = "".join(_finetune_section(RunSummary(**common, finetune_start="plain")))
+    refit = "".join(_finetune_section(RunSummary(**common, finetune_start="refit")))
+    assert "1 epoch from the plainly pruned model (no refit)" in plain and "epoch 0: the search" not in plain
+    assert "plainly pruned" not in refit and "1 epoch: held-out accuracy (epoch 0: the search&#x27;s score)" in refit

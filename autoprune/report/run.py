@@ -115,12 +115,15 @@ def _finetune_section(policy: RunSummary) -> list[str]:
                 note("This run was fine-tuned before the per-epoch history was kept: test accuracy "
                      f"{pct(policy.test_accuracy_before_finetune)} → "
                      f"{pct(policy.finetuned_test_accuracy)} %.")]
-    before = {"heldout": policy.heldout_accuracy, "test": policy.test_accuracy_before_finetune}
+    plain = policy.finetune_start == "plain"  # the search's held-out score is the refitted model's, not this start's
+    before = {"heldout": None if plain else policy.heldout_accuracy, "test": policy.test_accuracy_before_finetune}
+    how = (" with distillation" if policy.finetune_distill else "") + (
+        " from the plainly pruned model (no refit)" if plain else "")
+    held = "held-out accuracy" if plain else "held-out accuracy (epoch 0: the search's score)"
     return ["<h2>Fine-tuning</h2>",
             figure("finetune", plots.finetune(history, before, policy.finetuned_test_accuracy),
-                   f"{policy.finetune_epochs} epochs"
-                   f"{' with distillation' if policy.finetune_distill else ''}: held-out "
-                   "accuracy (epoch 0: the search's score) and training loss per epoch, test "
+                   f"{policy.finetune_epochs} epoch{'' if policy.finetune_epochs == 1 else 's'}{how}: {held} and "
+                   "training loss per epoch, test "
                    "accuracy before and after.")]
 
 
