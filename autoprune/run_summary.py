@@ -14,8 +14,8 @@ from autoprune.policy import POLICY_VERSION
 VERSION = POLICY_VERSION  # policy.json's "version": Policy.load refuses a newer one
 # What `autoprune finetune` (autoprune.finetune.finetune_run) adds to a run's policy.json afterwards.
 FINETUNE_KEYS = ("finetune_epochs", "finetune_lr", "finetune_distill", "finetune_start", "distill_temperature",
-                 "distill_weight", "test_accuracy_before_finetune", "finetuned_test_accuracy", "finetuned_heldout_accuracy",
-                 "finetune_history")
+                 "distill_weight", "test_accuracy_before_finetune", "finetuned_test_accuracy",
+                 "finetuned_heldout_accuracy", "finetune_history")
 # Written only when set: a run without a ladder, a latency budget or a front has no such key at all.
 OPTIONAL = frozenset({"ladder_heldout_accuracy", "ladder", "latency_verification", "predicted_latency_ms",
                       "base_predicted_latency_ms", "latency_floor_ms", "latency_table_check", "kept_channels",
