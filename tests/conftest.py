@@ -6,7 +6,7 @@ import os
 # One thread per torch op (set before torch loads; CLI subprocesses inherit it). On this 2-core machine, with
 # one core held by another job, two-thread ops wait on each other: the suite ran at a third of its speed
 # (23% done after 30 min) against 10.5 min for all of it with one thread. Idle, one thread costs little.
-# The README runs two such workers at once (pytest-xdist): 404 tests in 11 min 17 s on an idle machine;
+# The README runs two such workers at once (pytest-xdist): 408 tests in 10 min 32 s on an idle machine;
 # serially the same CI (with its ~2 min setup) had taken 20 min 25 s.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
