@@ -29,8 +29,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from autoprune.rebuild import PYTHON_DATA, PYTHON_MODEL, prune_as_policy
-from autoprune.data import CALIB_BATCH, DataBundle, carve_heldout, load_data
+from autoprune.rebuild import PYTHON_DATA, PYTHON_MODEL, prune_as_policy, run_calibration
+from autoprune.data import DataBundle, carve_heldout, load_data
 from autoprune.errors import UserError, one_line
 from autoprune.policy import Policy
 from autoprune.progress_lines import ProgressLines
@@ -245,11 +245,9 @@ def apply(model: nn.Module, policy: Policy | str | Path | SearchResult, *, train
     meta = RunSummary.read(policy.meta)
     calib, shape = None, None
     if train is not None or data is not None:
-        from autoprune.evaluate import calibration_batches
-
         split = (_dataset(train, "train") if train is not None
                  else load_data(data, heldout_size=meta.heldout_images or 5000).train)
-        calib = calibration_batches(split, meta.calib_batches, CALIB_BATCH, meta.seed, batch_to_inputs)
+        calib = run_calibration(meta, split, batch_to_inputs)
         shape = tuple(split[0][0].shape)  # for a hand-made Policy that does not record its input shape
     pruned, _ = prune_as_policy(model, policy, calib, device, recalibrate=calib is not None, input_shape=shape,
                                 example_inputs=example_inputs)

@@ -19,12 +19,11 @@ from pathlib import Path
 
 import torch
 
-from autoprune.data import CALIB_BATCH
-from autoprune.rebuild import LoadedRun, load_run_model, prune_as_policy
+from autoprune.rebuild import LoadedRun, load_run_model, prune_as_policy, run_calibration
 from autoprune.run_summary import RunSummary
 from autoprune.device import resolve_device
 from autoprune.errors import UserError
-from autoprune.evaluate import accuracy, calibration_batches
+from autoprune.evaluate import accuracy
 from autoprune.train import TrainConfig, train
 
 FINETUNE_STARTS = ("refit", "plain")
@@ -75,6 +74,6 @@ def starting_point(run: Path, loaded: LoadedRun | None, start: str, device: str)
     meta = RunSummary.read(loaded.policy.meta)
     if start == "refit" or not meta.reconstruction:
         return loaded
-    calib = calibration_batches(loaded.data.train, meta.calib_batches, CALIB_BATCH, meta.seed)
-    pruned, _ = prune_as_policy(loaded.base, loaded.policy, calib, device, refit=False)
+    pruned, _ = prune_as_policy(loaded.base, loaded.policy, run_calibration(meta, loaded.data.train), device,
+                                refit=False)
     return dataclasses.replace(loaded, pruned=pruned)

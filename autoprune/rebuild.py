@@ -30,6 +30,12 @@ class LoadedRun:
 BASE_MODEL_FILE = "base_model.pt"  # a Python API run's unpruned model: policy.json cannot name an object
 
 
+def run_calibration(meta: RunSummary, train, batch_to_inputs=None) -> list:
+    """The calibration batches the search drew from `train` (its count, size and seed): a rebuild refits and
+    recalibrates BN on the same images, so it scores what the search reported."""
+    return calibration_batches(train, meta.calib_batches, CALIB_BATCH, meta.seed, batch_to_inputs)
+
+
 def load_run_model(policy_path: Path, *, weights: str | None = None, data: str | None = None,
                    device: str = "auto", recalibrate: bool = True, refit: bool = True) -> LoadedRun:
     """Base model (from the policy's model/weights/data, or overrides) pruned as the policy says.
@@ -60,7 +66,7 @@ def load_run_model(policy_path: Path, *, weights: str | None = None, data: str |
                              in_channels=data_bundle.in_channels, dataset=data_bundle.name, weights=weights)
         base = bundle.model
         data_bundle = data_bundle.with_channels(bundle.in_channels)
-    calib = calibration_batches(data_bundle.train, meta.calib_batches, CALIB_BATCH, meta.seed)
+    calib = run_calibration(meta, data_bundle.train)
     pruned, graph = prune_as_policy(base, policy, calib if recalibrate or meta.reconstruction else None,
                                     device, recalibrate=recalibrate, refit=refit,
                                     input_shape=(data_bundle.in_channels, *data_bundle.input_size))
